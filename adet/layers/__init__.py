@@ -1,0 +1,6 @@
+"""Ops and losses shared by several methods."""
+from .iou_loss import IOULoss, ltrb_iou
+from .ml_nms import ml_nms
+from .norm import NaiveGroupNorm, PerLevelNorm, head_norm, run_per_level
+
+__all__ = ["IOULoss", "ltrb_iou", "ml_nms", "NaiveGroupNorm", "PerLevelNorm", "head_norm", "run_per_level"]

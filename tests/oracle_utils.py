@@ -1,0 +1,149 @@
+"""Helpers to compare a model with the reference oracle data in ../shared/reference.
+
+Format and tolerances: ../shared/reference/README.md. Each method's oracle test builds
+its model from our YAML, loads `refweights.state_dict_for(schema)` strictly and checks
+outputs and losses with the functions here.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ADET_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+DATA = SHARED / "data"
+
+BOX_TOL_PX = 0.01
+SCORE_TOL = 1e-4
+LOSS_RTOL = 1e-4
+
+
+def load_refweights():
+    spec = importlib.util.spec_from_file_location("refweights", REFERENCE / "refweights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def schema(model_name: str) -> dict:
+    return json.loads((REFERENCE / "schemas" / f"{model_name}.json").read_text())
+
+
+def oracle(model_name: str, file_name: str):
+    """(json dict, torch .pt payload or None) of an oracle file."""
+    folder = REFERENCE / "oracle" / model_name
+    meta = json.loads((folder / f"{file_name}.json").read_text())
+    pt = folder / f"{file_name}.pt"
+    payload = torch.load(pt, map_location="cpu", weights_only=False) if pt.exists() else None
+    return meta, payload
+
+
+def load_reference_weights(model, model_name: str):
+    """Load the deterministic weights strictly: every key and shape must match."""
+    state = load_refweights().state_dict_for(schema(model_name))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def resized_image(split: str, file_name: str, short_edge: int, max_size: int, rgb: bool = False):
+    """Read an image as the oracle did and resize it; returns (CHW uint8 tensor, (H, W))."""
+    image = detection_utils.read_image(str(DATA / "coco_tiny" / split / file_name), format="BGR")
+    original_hw = image.shape[:2]
+    if rgb:
+        image = image[:, :, ::-1]
+    aug = T.ResizeShortestEdge(short_edge, max_size, "choice")
+    image = aug.get_transform(image).apply_image(image)
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))), original_hw
+
+
+def chw_sha256(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.numpy().tobytes()).hexdigest()
+
+
+def inference_input(meta: dict, rgb: bool = False) -> dict:
+    inp = meta["input"]
+    image, (h, w) = resized_image(inp["split"], inp["file_name"], inp["S"], inp["resize"]["max_size"], rgb)
+    assert chw_sha256(image) == inp["image_chw_uint8_sha256"], "resize differs from the oracle's"
+    return {"image": image, "height": h, "width": w}
+
+
+def training_inputs(meta: dict, payload: dict, rgb: bool = False) -> list:
+    """The oracle's training batch, with ground truth from its .pt file."""
+    inputs = []
+    for image_meta, gt in zip(meta["images"], payload["images"]):
+        image, (h, w) = resized_image(image_meta["split"], image_meta["file_name"], image_meta["S_train"],
+                                      image_meta["resize"]["max_size"], rgb)
+        assert chw_sha256(image) == image_meta["image_chw_uint8_sha256"]
+        instances = Instances(tuple(image.shape[1:]))
+        instances.gt_boxes = Boxes(gt["gt_boxes"])
+        instances.gt_classes = gt["gt_classes"]
+        inputs.append({"image": image, "height": h, "width": w, "instances": instances})
+    return inputs
+
+
+def training_losses(model, inputs) -> dict:
+    model.train()
+    torch.manual_seed(0)
+    with EventStorage(0):
+        losses = model(inputs)
+    return {k: float(v) for k, v in losses.items()}
+
+
+def assert_losses_match(losses: dict, meta: dict):
+    expected = meta["losses"]
+    assert sorted(losses) == sorted(expected), f"loss names {sorted(losses)} != {sorted(expected)}"
+    for name, value in expected.items():
+        assert abs(losses[name] - value) <= LOSS_RTOL * abs(value), f"{name}: {losses[name]} vs reference {value}"
+
+
+def assert_instances_match(instances, meta: dict, check_boxes: bool = True):
+    expected = meta["instances"]
+    assert len(instances) == len(expected), f"{len(instances)} instances, reference has {len(expected)}"
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    boxes = instances.pred_boxes.tensor.tolist() if check_boxes else None
+    # Order is the reference's "up to ties": match each reference instance to one of ours
+    # with the same class and score within tolerance (and box, when boxes are compared).
+    unused = set(range(len(expected)))
+    for i, ref in enumerate(expected):
+        match = None
+        for j in sorted(unused, key=lambda j: abs(j - i)):
+            if classes[j] != ref["pred_class"] or abs(scores[j] - ref["score"]) > SCORE_TOL:
+                continue
+            if check_boxes and max(abs(a - b) for a, b in zip(boxes[j], ref["pred_box"])) > BOX_TOL_PX:
+                continue
+            match = j
+            break
+        assert match is not None, f"reference instance {i} {ref} has no match"
+        assert abs(match - i) <= 3, f"reference instance {i} found at position {match}"
+        unused.discard(match)
+
+
+def assert_tensors_close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-4, name=""):
+    assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
+    diff = (ours.float() - ref.float()).abs()
+    bound = atol + rtol * ref.float().abs()
+    worst = (diff - bound).max().item()
+    assert worst <= 0, f"{name}: max abs diff {diff.max().item():.3g} exceeds tolerance"
+
+
+def assert_checksum(t: torch.Tensor, checksum: dict, name: str):
+    """Compare with the reference's (shape, sum, abs_sum, min, max) of an unsaved tensor.
+    A sum of many values is held to 1e-4 of the summed magnitudes."""
+    assert list(t.shape) == checksum["shape"], f"{name}: shape {list(t.shape)} vs {checksum['shape']}"
+    t = t.double()
+    tolerances = {"sum": 1e-4 * checksum["abs_sum"], "abs_sum": 1e-4 * checksum["abs_sum"],
+                  "min": 1e-4 + 1e-4 * abs(checksum["min"]), "max": 1e-4 + 1e-4 * abs(checksum["max"])}
+    values = {"sum": t.sum(), "abs_sum": t.abs().sum(), "min": t.min(), "max": t.max()}
+    for key, tol in tolerances.items():
+        assert abs(values[key].item() - checksum[key]) <= tol, f"{name}.{key}: {values[key].item()} vs {checksum[key]}"
