@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Speed of a config against Detectron2's Mask R-CNN R50-FPN, measured in one process.
+
+Inference: latency per image (after warm-up runs, median over timed runs).
+Training: seconds per iteration (forward, backward, SGD step; median).
+Both models see the same real images (../shared/data/coco_tiny) resized to the same
+short side, and carry the reference schemas' deterministic weights when available,
+so that post-processing sees a realistic number of candidates. Prints a table with
+ratios (ours / baseline: below 1 is faster). Not a test: timings depend on the machine.
+
+    python tools/benchmark.py --config-file configs/FCOS-Detection/R_50_1x.yaml
+    python tools/benchmark.py --config-file ... --device cuda --size 800 --runs 50
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from detectron2 import model_zoo
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from adet.config import get_cfg
+from adet.data import register_shared_datasets, shared_data_root
+
+BASELINE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="adet config to measure")
+    p.add_argument("--schema", default=None,
+                   help="reference schema name for deterministic weights (default: guessed from the config)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=512, help="short side of the input images")
+    p.add_argument("--max-size", type=int, default=853)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10, help="timed inference runs (one image each)")
+    p.add_argument("--train-iters", type=int, default=5, help="timed training iterations (0: skip)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="also write the results to this json file")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for the measured model")
+    return p.parse_args(argv)
+
+
+def load_cfg(path, opts, device, adet_config=True):
+    cfg = get_cfg() if adet_config else model_zoo.get_config(path)
+    if adet_config:
+        cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""])
+    return cfg
+
+
+def reference_state_dict(schema_name):
+    """Deterministic weights from ../shared/reference, or None when unavailable."""
+    reference = shared_data_root().parent / "reference"
+    schema_file = reference / "schemas" / f"{schema_name}.json"
+    if not schema_name or not schema_file.exists():
+        return None
+    sys.path.insert(0, str(reference))
+    import refweights  # noqa: E402  (a data helper shipped with the reference facts)
+
+    return refweights.state_dict_for(json.loads(schema_file.read_text()))
+
+
+def guess_schema(config_file):
+    stem = Path(config_file).stem
+    method = Path(config_file).parent.name.split("-")[0].lower()
+    return f"{method}_{stem}"
+
+
+def make_model(cfg, schema_name):
+    model = build_model(cfg)
+    state = reference_state_dict(schema_name)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    return model, state is not None
+
+
+def batches(cfg, size, max_size, is_train):
+    """Mapped coco_tiny images at the requested size, in the model's input format."""
+    register_shared_datasets()
+    dicts = DatasetCatalog.get("coco_tiny_train" if is_train else "coco_tiny_val")
+    mapper = DatasetMapper(cfg, is_train=is_train, augmentations=[T.ResizeShortestEdge(size, max_size)],
+                           image_format=cfg.INPUT.FORMAT, use_instance_mask=cfg.MODEL.MASK_ON,
+                           instance_mask_format=cfg.INPUT.MASK_FORMAT)
+    return [mapper(d) for d in dicts if not is_train or any(not a.get("iscrowd", 0) for a in d["annotations"])]
+
+
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_inference(model, inputs, warmup, runs, device):
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + runs):
+            synchronize(device)
+            start = time.perf_counter()
+            model([inputs[i % len(inputs)]])
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_training(model, inputs, iters, batch_size, device):
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+    times = []
+    storage = EventStorage(0)  # Detectron2's heads log to it during training
+    for i in range(iters + 1):  # the first iteration is a warm-up
+        batch = [inputs[(i * batch_size + j) % len(inputs)] for j in range(batch_size)]
+        synchronize(device)
+        start = time.perf_counter()
+        with storage:
+            losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        synchronize(device)
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name, cfg, schema_name, args):
+    model, deterministic = make_model(cfg, schema_name)
+    row = {"model": name, "weights": "reference (deterministic)" if deterministic else "random init"}
+    print(f"[benchmark] {name}: inference x{args.runs} ...", flush=True)
+    row["infer_ms"] = 1000 * time_inference(model, batches(cfg, args.size, args.max_size, False),
+                                            args.warmup, args.runs, args.device)
+    if args.train_iters > 0:
+        print(f"[benchmark] {name}: training x{args.train_iters} ...", flush=True)
+        row["train_s_per_iter"] = time_training(model, batches(cfg, args.size, args.max_size, True),
+                                                args.train_iters, args.batch_size, args.device)
+    return row
+
+
+def report(rows):
+    base = rows[-1]
+    table = []
+    for r in rows:
+        line = [r["model"], r["weights"], f"{r['infer_ms']:.1f}", f"{r['infer_ms'] / base['infer_ms']:.2f}"]
+        if "train_s_per_iter" in r:
+            line += [f"{r['train_s_per_iter']:.3f}", f"{r['train_s_per_iter'] / base['train_s_per_iter']:.2f}"]
+        table.append(line)
+    headers = ["model", "weights", "inference ms/img", "ratio"] + (
+        ["train s/iter", "ratio"] if "train_s_per_iter" in base else [])
+    return tabulate(table, headers=headers, tablefmt="github")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ours = load_cfg(args.config_file, args.opts, args.device)
+    baseline = load_cfg(BASELINE, [], args.device, adet_config=False)
+    schema = args.schema or guess_schema(args.config_file)
+    rows = [measure(Path(args.config_file).stem, ours, schema, args),
+            measure("Mask R-CNN R50-FPN (Detectron2)", baseline, "maskrcnn_R_50_FPN_1x", args)]
+    print(f"\ndevice={args.device} threads={torch.get_num_threads()} size={args.size} "
+          f"batch={args.batch_size} runs={args.runs} train_iters={args.train_iters}")
+    print(report(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
