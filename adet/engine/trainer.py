@@ -1,0 +1,126 @@
+"""adet's Trainer: Detectron2's `DefaultTrainer` with adet's mapper, evaluators, checks
+and crash-safe checkpoints. Detectron2 runs the loop and the hooks (LR schedule,
+periodic checkpoints, evaluation, metrics.json / TensorBoard / console with ETA)."""
+import importlib
+import logging
+import os
+import weakref
+
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from adet.checkpoint import AtomicCheckpointer
+from adet.data.builtin import check_dataset_available
+from adet.data.dataset_mapper import DatasetMapper
+from adet.evaluation import COCOResultsWriter
+
+__all__ = ["Trainer", "check_datasets", "import_adet_modeling"]
+
+logger = logging.getLogger(__name__)
+
+
+def import_adet_modeling() -> None:
+    """Import ``adet.modeling`` so its architectures are in Detectron2's registries."""
+    importlib.import_module("adet.modeling")
+
+
+def check_datasets(names) -> None:
+    """Raise a clear error (path, DETECTRON2_DATASETS) unless every data set is on disk."""
+    for name in names:
+        check_dataset_available(name)
+
+
+def _ddp(model):
+    """`create_ddp_model` that also works for CPU models (gloo): no ``device_ids`` there."""
+    if comm.get_world_size() == 1:
+        return model
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    device_ids = None if on_cpu else [comm.get_local_rank()]
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+class Trainer(DefaultTrainer):
+    """`DefaultTrainer` for adet models.
+
+    Differences: data sets are checked before anything is built; adet's `DatasetMapper`;
+    COCO evaluation (bbox, + segm with MASK_ON) with the official COCO API, or a result
+    file for the COCO server on ``*test-dev*`` sets; `AtomicCheckpointer`; DDP on CPU
+    (gloo); a NaN/Inf loss stops training with the iteration, the losses and the last
+    good checkpoint in the message.
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ hard-codes DetectionCheckpointer and a CUDA-only DDP
+        # wrapper; the construction is otherwise the same, in the same order.
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = _ddp(model)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    # Detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks' states: the
+    # optimizer (momentum) and AMP grad scaler held by the inner SimpleTrainer/AMPTrainer
+    # were lost on --resume. Later Detectron2 versions save them the same way.
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state; the optimizer starts afresh.")
+
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+            raise FloatingPointError(
+                f"Training stopped: {e}\nThe last good checkpoint is "
+                f"{last or 'none (no checkpoint was saved before)'}. Lower SOLVER.BASE_LR or "
+                f"raise SOLVER.WARMUP_ITERS, then restart (--resume continues from it)."
+            ) from e
+
+    @classmethod
+    def build_model(cls, cfg):
+        import_adet_modeling()
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        check_datasets([dataset_name])
+        return build_detection_test_loader(cfg, dataset_name, mapper=DatasetMapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        evaluator_cls = COCOResultsWriter if "test-dev" in dataset_name else COCOEvaluator
+        return evaluator_cls(dataset_name, tasks=tasks, output_dir=output_folder,
+                             use_fast_impl=False)
