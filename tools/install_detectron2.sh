@@ -23,10 +23,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-# pip >= 24.1 refuses the sdist's metadata (a direct-URL extra), so download with 24.0.
-"$PY" -m pip download --no-deps --no-build-isolation "pb1-detectron2==${SDIST_VERSION}" -d . \
-    || { "$PY" -m pip install -q "pip==24.0" && \
-         "$PY" -m pip download --no-deps --no-build-isolation "pb1-detectron2==${SDIST_VERSION}" -d .; }
+# pip >= 24.1 refuses the sdist's metadata (a direct-URL extra, panopticapi @ URL), so
+# download it with pip 24.0 run from its wheel: the environment's own pip is left alone.
+download() { "$@" download -q --no-deps --no-build-isolation "pb1-detectron2==${SDIST_VERSION}" -d .; }
+if ! download "$PY" -m pip 2>/dev/null; then
+    echo "[install_detectron2] this pip refuses the sdist's metadata; downloading it with pip 24.0"
+    "$PY" -m pip download -q --no-deps "pip==24.0" -d "$work/pip24"
+    download "$PY" "$work/pip24/pip-24.0-py3-none-any.whl/pip"
+fi
 echo "${SDIST_SHA256}  pb1-detectron2-${SDIST_VERSION}.tar.gz" | sha256sum -c -
 tar xzf "pb1-detectron2-${SDIST_VERSION}.tar.gz"
 src="$work/pb1-detectron2-${SDIST_VERSION}"
@@ -36,7 +40,8 @@ cd "$src"
 mkdir -p detectron2/layers/csrc
 cat > detectron2/layers/csrc/vision.cpp <<'CPP'
 // Placeholder for Detectron2's compiled ops, which the PyPI sdist does not ship.
-#include <torch/extension.h>
+// pybind11 alone (not torch/extension.h): it compiles in seconds.
+#include <pybind11/pybind11.h>
 #include <string>
 namespace {
 std::string get_compiler_version() { return "placeholder (no detectron2 kernels)"; }
@@ -78,5 +83,8 @@ for f in root.rglob("*.py"):
         f.write_text(n)
 PYFIX
 
-"$PY" -m pip install --no-build-isolation "$src"
+# (4) drop the direct-URL extra (panopticapi @ https://...) that newer pips refuse.
+sed -i '/panopticapi @ /d' setup.py
+
+"$PY" -m pip install -q --no-build-isolation "$src"
 echo "[install_detectron2] built detectron2 from pb1-detectron2==${SDIST_VERSION}"
