@@ -5,9 +5,9 @@
 #
 # Steps (each one a no-op when already satisfied):
 #   1. python3 -m venv VENV                       (when VENV has no working python)
-#   2. pip install -r requirements.txt            (pinned; build tools, deps, pytest)
-#   3. torch + torchvision: $TORCH_SPEC when set; else kept when VENV already has torch;
+#   2. torch + torchvision: $TORCH_SPEC when set; else kept when VENV already has torch;
 #      else torch==2.14.1 torchvision==0.29.1
+#   3. pip install -r requirements.txt            (pinned; build tools, deps, pytest)
 #   4. Detectron2 via tools/install_detectron2.sh (keeps an installed upstream one)
 #   5. pip install --no-build-isolation -e .      (builds the optional adet._C)
 # and then writes VENV/.adet-installed with a fingerprint of requirements.txt, setup.py,
@@ -84,11 +84,7 @@ pip_() {
     "$VPY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
-# 2. pinned dependencies
-step "pip install -r requirements.txt"
-pip_ install -q -r requirements.txt
-
-# 3. torch
+# 2. torch (first: some pinned packages depend on torch, and must not pull another one)
 if [ -n "${TORCH_SPEC:-}" ]; then
     step "pip install $TORCH_SPEC ${TORCH_PIP_ARGS:-}"
     # shellcheck disable=SC2086  # word splitting of the specs and arguments is wanted
@@ -100,6 +96,10 @@ else
     # shellcheck disable=SC2086
     pip_ install -q $DEFAULT_TORCH_SPEC ${TORCH_PIP_ARGS:-}
 fi
+
+# 3. pinned dependencies
+step "pip install -r requirements.txt"
+pip_ install -q -r requirements.txt
 
 # 4. Detectron2
 step "Detectron2"
