@@ -16,11 +16,13 @@ Examples:
     # continue an interrupted run in the same OUTPUT_DIR
     python tools/train_net.py --config-file CFG --resume
 """
+import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -30,6 +32,8 @@ from adet.config import get_cfg  # noqa: E402
 from adet.data import register_coco_dataset  # noqa: E402
 from adet.engine import Trainer, launch  # noqa: E402
 from adet.utils.visualization import save_prediction_pictures  # noqa: E402
+
+logger = logging.getLogger("adet.train_net")
 
 
 def register_datasets(specs) -> None:
@@ -43,6 +47,9 @@ def load_config(args):
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but no CUDA device is available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
