@@ -118,6 +118,8 @@ def test_ddp_two_cpu_processes_cli(coco_tiny, tmp_path):
     assert ckpt["iteration"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # DDP wrapper not saved
     assert "copypaste: AP,AP50" in log0  # evaluation gathered from both ranks
+    pictures = sorted((tmp_path / "pictures").glob("*.jpg"))  # --vis-images defaults to 4
+    assert len(pictures) == 4 and all(p.stat().st_size > 0 for p in pictures)
 
 
 def test_cli_eval_only(coco_tiny, make_cfg, tmp_path):

@@ -157,7 +157,7 @@ def report(rows):
         table.append(line)
     headers = ["model", "weights", "inference ms/img", "ratio"] + (
         ["train s/iter", "ratio"] if "train_s_per_iter" in base else [])
-    return tabulate(table, headers=headers, tablefmt="github")
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def main(argv=None):

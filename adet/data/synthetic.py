@@ -402,67 +402,111 @@ def render_sample(
         visible mask), ``area`` (visible pixels) and ``full_area`` (pixels of the whole
         shape).
     """
+    # The order of the random draws below is part of the data set: changing it changes
+    # every image (bump SYNTHETIC_VERSION if you do).
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     h, w = int(height), int(width)
     canvas = _background(rng, h, w)
     label = np.zeros((h, w), dtype=np.int16)  # 0 background, k = k-th placed shape
     shapes = []  # dicts: category_id, full_area, visible area
+    for cls, area in _plan_shapes(rng, h, w, min_instances, max_instances):
+        pts, span = _sized_outline(rng, cls, area, h, w)
+        placed = _place_shape(rng, pts, span, label, shapes, min_visible_fraction, min_visible_area)
+        if placed is None:
+            continue
+        _paint_shape(rng, canvas, placed)
+        _record_shape(label, shapes, placed, cls)
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    annotations = [
+        _build_annotation(label == k, shape, polygon_tolerance)
+        for k, shape in enumerate(shapes, start=1)
+    ]
+    return {"image": image, "annotations": annotations}
+
+
+def _plan_shapes(rng, h, w, min_instances, max_instances):
+    """The (class index, full area) of each shape to place, in drawing order."""
     num = max(int(rng.integers(min_instances, max_instances + 1)), 1)
     classes = rng.integers(len(SHAPE_CLASSES), size=num)
     areas = np.array([_sample_area(rng, h, w) for _ in range(num)])
     # Mostly larger shapes first (behind), with enough jitter that small shapes are
     # sometimes covered by larger ones too.
     order = np.argsort(-(np.log(areas) + rng.normal(0, 0.75, size=num)), kind="stable")
-    for cls, area in zip(classes[order].tolist(), areas[order].tolist()):
-        unit = _unit_shape(rng, SHAPE_CLASSES[cls])
-        pts = unit * math.sqrt(area / _polygon_area(unit))
-        span = pts.max(0) - pts.min(0)
-        fit = min(1.0, (w - 3) / span[0], (h - 3) / span[1])
-        pts = (pts - pts.min(0)) * fit  # top-left of its box at 0
-        span = span * fit
-        placed = None
-        for _try in range(_PLACEMENT_TRIES):
-            ox = rng.uniform(1, w - 1 - span[0])
-            oy = rng.uniform(1, h - 1 - span[1])
-            placed = _try_place(pts + (ox, oy), label, shapes, min_visible_fraction, min_visible_area)
-            if placed is not None:
-                break
-        if placed is None:
-            continue
-        mask, (x0, y0, x1, y1), covered = placed
-        sub = mask[y0:y1, x0:x1]
-        region = canvas[y0:y1, x0:x1]
-        colour = _pick_colour(rng, region[sub].mean(0))
-        kind = _SHAPE_TEXTURES[rng.integers(len(_SHAPE_TEXTURES))]
-        region[sub] = _paint(rng, kind, y1 - y0, x1 - x0, colour)[sub]
-        label[mask] = len(shapes) + 1
-        for k in np.nonzero(covered[1:])[0].tolist():
-            shapes[k]["area"] -= int(covered[k + 1])
-        full = int(sub.sum())
-        shapes.append({"category_id": cls + 1, "full_area": full, "area": full})
+    return list(zip(classes[order].tolist(), areas[order].tolist()))
 
-    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    annotations = []
-    for k, shape in enumerate(shapes, start=1):
-        vis = label == k
-        rows, cols = np.nonzero(vis.any(1))[0], np.nonzero(vis.any(0))[0]
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        crop = vis[y0:y1, x0:x1]
-        polys = mask_to_polygons(crop, polygon_tolerance, offset=(x0, y0))
-        if polygon_mask_iou(polys, vis) < _MIN_POLYGON_IOU:
-            polys = mask_to_polygons(crop, 0.0, offset=(x0, y0))
-        annotations.append(
-            {
-                "category_id": shape["category_id"],
-                "mask": vis,
-                "segmentation": polys,
-                "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
-                "area": int(crop.sum()),
-                "full_area": shape["full_area"],
-            }
-        )
-    return {"image": image, "annotations": annotations}
+
+def _sized_outline(rng, cls, area, h, w):
+    """Vertices of a random shape of class index ``cls`` with about ``area`` pixels.
+
+    The shape is shrunk if needed to fit in an (h, w) image with a small margin.
+    Returns ``(pts, span)``: the vertices with the top-left of their box at 0, and the
+    box size (x, y).
+    """
+    unit = _unit_shape(rng, SHAPE_CLASSES[cls])
+    pts = unit * math.sqrt(area / _polygon_area(unit))
+    span = pts.max(0) - pts.min(0)
+    fit = min(1.0, (w - 3) / span[0], (h - 3) / span[1])
+    pts = (pts - pts.min(0)) * fit  # top-left of its box at 0
+    return pts, span * fit
+
+
+def _place_shape(rng, pts, span, label, shapes, min_fraction, min_area):
+    """Try up to ``_PLACEMENT_TRIES`` random offsets; the first valid placement (see
+    :func:`_try_place`) or None."""
+    h, w = label.shape
+    for _try in range(_PLACEMENT_TRIES):
+        ox = rng.uniform(1, w - 1 - span[0])
+        oy = rng.uniform(1, h - 1 - span[1])
+        placed = _try_place(pts + (ox, oy), label, shapes, min_fraction, min_area)
+        if placed is not None:
+            return placed
+    return None
+
+
+def _paint_shape(rng, canvas, placed):
+    """Paint a placed shape onto ``canvas`` (in place) with a random colour and texture."""
+    mask, (x0, y0, x1, y1), _ = placed
+    sub = mask[y0:y1, x0:x1]
+    region = canvas[y0:y1, x0:x1]
+    colour = _pick_colour(rng, region[sub].mean(0))
+    kind = _SHAPE_TEXTURES[rng.integers(len(_SHAPE_TEXTURES))]
+    region[sub] = _paint(rng, kind, y1 - y0, x1 - x0, colour)[sub]
+
+
+def _record_shape(label, shapes, placed, cls):
+    """Occlusion bookkeeping: mark the new shape in ``label`` and take the pixels it
+    covers off the visible area of the earlier shapes."""
+    mask, (x0, y0, x1, y1), covered = placed
+    label[mask] = len(shapes) + 1
+    for k in np.nonzero(covered[1:])[0].tolist():
+        shapes[k]["area"] -= int(covered[k + 1])
+    full = int(mask[y0:y1, x0:x1].sum())
+    shapes.append({"category_id": cls + 1, "full_area": full, "area": full})
+
+
+def _build_annotation(vis, shape, polygon_tolerance):
+    """The annotation dict (see :func:`render_sample`) of a shape with visible mask ``vis``."""
+    rows, cols = np.nonzero(vis.any(1))[0], np.nonzero(vis.any(0))[0]
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = vis[y0:y1, x0:x1]
+    return {
+        "category_id": shape["category_id"],
+        "mask": vis,
+        "segmentation": _visible_polygons(vis, crop, (x0, y0), polygon_tolerance),
+        "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
+        "area": int(crop.sum()),
+        "full_area": shape["full_area"],
+    }
+
+
+def _visible_polygons(vis, crop, offset, tolerance):
+    """Simplified polygons of ``crop`` (``vis`` cropped at ``offset``), or the exact
+    pixel-edge polygons when simplifying loses too much (IoU with ``vis`` too low)."""
+    polys = mask_to_polygons(crop, tolerance, offset=offset)
+    if polygon_mask_iou(polys, vis) < _MIN_POLYGON_IOU:
+        polys = mask_to_polygons(crop, 0.0, offset=offset)
+    return polys
 
 
 def _try_place(pts, label, shapes, min_fraction, min_area):
@@ -662,31 +706,42 @@ def generate_synthetic_dataset(root=None, overwrite=False, verbose=False, **gen_
     root = synthetic_dataset_dir(root, **gen_kwargs)
     if not overwrite and _is_complete(root, params):
         return _describe(root, params)
-    if root.exists() and not (root / "meta.json").is_file() and any(root.iterdir()):
-        raise FileExistsError(
-            f"{root} exists and is not a synthetic data set (no meta.json); "
-            "choose another root or remove it"
-        )
+    _refuse_foreign_root(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data set is not
-        (tmp / "annotations").mkdir()
-        counts = {split: _write_split(tmp, split, params) for split in SPLITS}
-        meta = {
-            "version": SYNTHETIC_VERSION,
-            "params": params,
-            "num_images": {s: c[0] for s, c in counts.items()},
-            "num_annotations": {s: c[1] for s, c in counts.items()},
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        _write_dataset(tmp, params)
         _move_into_place(tmp, root, params, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"synthetic shapes: generated {root} in {time.perf_counter() - start:.1f}s")
     return _describe(root, params)
+
+
+def _refuse_foreign_root(root):
+    """Raise ``FileExistsError`` if ``root`` holds something that is not a synthetic
+    data set (exists, not empty, no ``meta.json``): it must never be deleted."""
+    if root.exists() and not (root / "meta.json").is_file() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} exists and is not a synthetic data set (no meta.json); "
+            "choose another root or remove it"
+        )
+
+
+def _write_dataset(out_dir, params):
+    """Write every split and, last, ``meta.json`` into the existing folder ``out_dir``."""
+    (out_dir / "annotations").mkdir()
+    counts = {split: _write_split(out_dir, split, params) for split in SPLITS}
+    meta = {
+        "version": SYNTHETIC_VERSION,
+        "params": params,
+        "num_images": {s: c[0] for s, c in counts.items()},
+        "num_annotations": {s: c[1] for s, c in counts.items()},
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
 def _move_into_place(tmp, root, params, overwrite):

@@ -14,9 +14,10 @@ logger = logging.getLogger(__name__)
 
 
 def save_prediction_pictures(cfg, model, dataset_name: str, output_dir: str, num_images: int = 4,
-                             score_threshold: float = 0.3) -> List[str]:
+                             score_threshold: float = 0.3, min_side: int = 480) -> List[str]:
     """Run `model` on the first `num_images` images of `dataset_name` and save each image
-    with its detections (score >= `score_threshold`) as JPEG in `output_dir`.
+    with its detections (score >= `score_threshold`) as JPEG in `output_dir`, enlarged
+    to at least `min_side` pixels so that labels stay legible on small images.
     Returns the written paths."""
     if num_images <= 0:
         return []
@@ -36,7 +37,8 @@ def save_prediction_pictures(cfg, model, dataset_name: str, output_dir: str, num
                 instances = model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
             instances = instances[instances.scores >= score_threshold].to("cpu")
             rgb = detection_utils.convert_image_to_rgb(image, cfg.INPUT.FORMAT)
-            drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances)
+            scale = max(1.0, min_side / min(height, width))
+            drawn = Visualizer(rgb, metadata, scale=scale).draw_instance_predictions(instances)
             path = os.path.join(output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".jpg")
             drawn.save(path)
             paths.append(path)

@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
-from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
-from .fpn import build_top_block
+from .fpn import fcos_fpn
 
 __all__ = [
     "DLA",
@@ -242,16 +242,7 @@ def build_dla_backbone(cfg, input_shape: ShapeSpec):
 def build_fcos_dla_fpn_backbone(cfg, input_shape: ShapeSpec):
     """DLA body + FPN on MODEL.FPN.IN_FEATURES (e.g. level3..level5) plus
     MODEL.FCOS.TOP_LEVELS extra levels from P5 (FCOS-RT uses none)."""
-    bottom_up = build_dla_backbone(cfg, input_shape)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=build_top_block(cfg.MODEL.FCOS.TOP_LEVELS, out_channels),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return fcos_fpn(cfg, build_dla_backbone(cfg, input_shape))
 
 
 def convert_dla_imagenet_state_dict(state_dict: Dict[str, torch.Tensor],

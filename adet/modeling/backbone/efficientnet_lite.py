@@ -61,11 +61,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
-from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
-from .fpn import build_top_block
+from .fpn import fcos_fpn
 
 __all__ = [
     "EFFICIENTNET_LITE_SPECS",
@@ -321,13 +320,4 @@ def build_efficientnet_lite_backbone(cfg, input_shape: ShapeSpec):
 def build_fcos_efficientnet_lite_fpn_backbone(cfg, input_shape: ShapeSpec):
     """EfficientNet-Lite + FPN on MODEL.FPN.IN_FEATURES (e.g. stage3..stage5), plus
     MODEL.FCOS.TOP_LEVELS extra levels computed from the FPN's last output."""
-    bottom_up = build_efficientnet_lite_backbone(cfg, input_shape)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=build_top_block(cfg.MODEL.FCOS.TOP_LEVELS, out_channels),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return fcos_fpn(cfg, build_efficientnet_lite_backbone(cfg, input_shape))

@@ -43,13 +43,9 @@ def _check_backbone_options(cfg):
         )
 
 
-@BACKBONE_REGISTRY.register()
-def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet (Detectron2's, any depth it supports: 18, 34, 50, 101, 152) + FPN on
-    MODEL.FPN.IN_FEATURES, plus MODEL.FCOS.TOP_LEVELS extra levels computed from P5.
-    """
-    _check_backbone_options(cfg)
-    bottom_up = build_resnet_backbone(cfg, input_shape)
+def fcos_fpn(cfg, bottom_up) -> FPN:
+    """FPN on `bottom_up`'s MODEL.FPN.IN_FEATURES, plus MODEL.FCOS.TOP_LEVELS extra levels
+    computed from P5: the neck every FCOS-based backbone builder shares."""
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     return FPN(
         bottom_up=bottom_up,
@@ -61,4 +57,11 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     )
 
 
-__all__ = ["LastLevelP6", "build_top_block", "build_fcos_resnet_fpn_backbone"]
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet (Detectron2's, any depth it supports: 18, 34, 50, 101, 152) + `fcos_fpn`."""
+    _check_backbone_options(cfg)
+    return fcos_fpn(cfg, build_resnet_backbone(cfg, input_shape))
+
+
+__all__ = ["LastLevelP6", "build_top_block", "fcos_fpn", "build_fcos_resnet_fpn_backbone"]
