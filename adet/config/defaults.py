@@ -338,6 +338,12 @@ def _add_unported_adelaidet_config(cfg):
     Kept with the reference defaults so that a dump of our config equals AdelaiDet's and
     configs or checkpoints' embedded configs mentioning them still load.
     """
+    _add_meinst_config(cfg)
+    _add_batext_config(cfg)
+    _add_fcpose_config(cfg)
+
+
+def _add_meinst_config(cfg):
     meinst = _node(cfg, "MODEL.MEInst")
     meinst.NUM_CLASSES = 80
     meinst.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
@@ -386,6 +392,8 @@ def _add_unported_adelaidet_config(cfg):
     meinst.IOU_THRESHOLDS = [0.5]
     meinst.IOU_LABELS = [0, 1]
 
+
+def _add_batext_config(cfg):
     batext = _node(cfg, "MODEL.BATEXT")
     batext.VOC_SIZE = 96
     batext.NUM_CHARS = 25
@@ -403,6 +411,8 @@ def _add_unported_adelaidet_config(cfg):
     batext.EVAL_TYPE = 3
     batext.CUSTOM_DICT = ""
 
+
+def _add_fcpose_config(cfg):
     cfg.MODEL.FCPOSE_ON = False
     fcpose = _node(cfg, "MODEL.FCPOSE")
     fcpose.ATTN_LEN = 2737

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def save_prediction_pictures(cfg, model, dataset_name: str, output_dir: str, num_images: int = 4,
-                             score_threshold: float = 0.3, min_side: int = 480) -> List[str]:
+                             score_threshold: float = 0.4, min_side: int = 480) -> List[str]:
     """Run `model` on the first `num_images` images of `dataset_name` and save each image
     with its detections (score >= `score_threshold`) as JPEG in `output_dir`, enlarged
     to at least `min_side` pixels so that labels stay legible on small images.
