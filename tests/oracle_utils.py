@@ -147,3 +147,66 @@ def assert_checksum(t: torch.Tensor, checksum: dict, name: str):
     values = {"sum": t.sum(), "abs_sum": t.abs().sum(), "min": t.min(), "max": t.max()}
     for key, tol in tolerances.items():
         assert abs(values[key].item() - checksum[key]) <= tol, f"{name}.{key}: {values[key].item()} vs {checksum[key]}"
+
+
+# --- BlendMask helpers -----------------------------------------------------------------
+
+
+def blendmask_training_inputs(meta: dict, payload: dict) -> list:
+    """`training_inputs` plus what BlendMask trains on: polygon gt_masks and `basis_sem`
+    (stored as uint8 in the .pt, fed as int64)."""
+    from detectron2.structures import PolygonMasks
+
+    inputs = training_inputs(meta, payload)
+    for inp, gt in zip(inputs, payload["images"]):
+        inp["instances"].gt_masks = PolygonMasks(
+            [[np.asarray(p, dtype=np.float64) for p in polys] for polys in gt["gt_masks_polygons"]])
+        inp["basis_sem"] = gt["basis_sem_uint8"].long()
+    return inputs
+
+
+def reference_masks(meta: dict) -> list:
+    """The reference instances' masks, decoded from COCO RLE to (H, W) bool arrays."""
+    from pycocotools import mask as mask_util
+
+    masks = []
+    for ref in meta["instances"]:
+        rle = dict(ref["pred_mask_rle"])
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+        masks.append(mask_util.decode(rle).astype(bool))
+    return masks
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks; two empty masks count as identical."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def match_instances(instances, meta: dict) -> list:
+    """For each reference instance, the index of ours with the same class and score within
+    tolerance and box within BOX_TOL_PX, nearest in position (as `assert_instances_match`)."""
+    expected = meta["instances"]
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    boxes = instances.pred_boxes.tensor.tolist()
+    unused, order = set(range(len(instances))), []
+    for i, ref in enumerate(expected):
+        match = None
+        for j in sorted(unused, key=lambda j: abs(j - i)):
+            if classes[j] == ref["pred_class"] and abs(scores[j] - ref["score"]) <= SCORE_TOL and \
+                    max(abs(a - b) for a, b in zip(boxes[j], ref["pred_box"])) <= BOX_TOL_PX:
+                match = j
+                break
+        assert match is not None, f"reference instance {i} {ref} has no match"
+        unused.discard(match)
+        order.append(match)
+    return order
+
+
+def worst_mask_iou(instances, meta: dict) -> float:
+    """Smallest mask IoU between each reference instance and its match among ours."""
+    ours = instances.pred_masks.cpu().numpy().astype(bool)
+    order = match_instances(instances, meta)
+    return min((mask_iou(ours[j], ref) for j, ref in zip(order, reference_masks(meta))), default=1.0)

@@ -20,7 +20,10 @@ import torch
 from detectron2.data import DatasetMapper as _D2DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.config import configurable
 from detectron2.data.common import MapDataset
+
+from .blendmask_targets import basis_sem_target
 
 __all__ = ["DatasetMapper"]
 
@@ -68,7 +71,25 @@ _fix_map_dataset_retry()
 
 
 class DatasetMapper(_D2DatasetMapper):
-    """Same as Detectron2's `DatasetMapper` (same ``@configurable`` arguments); see module doc."""
+    """Same as Detectron2's `DatasetMapper` (same ``@configurable`` arguments); see module doc.
+
+    ``basis_sem_on`` (from the config: BlendMask with MODEL.BASIS_MODULE.LOSS_ON and
+    ANN_SET "coco", training only) adds ``dataset_dict["basis_sem"]``, the thing semantic
+    map of `adet.data.blendmask_targets.basis_sem_target`.
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, basis_sem_on: bool = False, **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.basis_sem_on = basis_sem_on
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        basis = cfg.MODEL.BASIS_MODULE
+        ret["basis_sem_on"] = bool(is_train and cfg.MODEL.META_ARCHITECTURE == "BlendMask"
+                                   and basis.LOSS_ON and basis.ANN_SET == "coco")
+        return ret
 
     def read_image(self, dataset_dict):
         """Read the image of ``dataset_dict`` in ``self.image_format``; None if unreadable."""
@@ -98,6 +119,7 @@ class DatasetMapper(_D2DatasetMapper):
         if image is None:
             return None
 
+        original_hw = image.shape[:2]
         sem_seg_gt = None
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
@@ -114,6 +136,10 @@ class DatasetMapper(_D2DatasetMapper):
                 dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
             )
 
+        if self.basis_sem_on and "annotations" in dataset_dict:
+            # from every annotation (crowd included) at the original size, before the
+            # annotations are transformed in place and crowd ones dropped
+            dataset_dict["basis_sem"] = basis_sem_target(dataset_dict["annotations"], *original_hw, transforms)
         if not self.is_train:
             dataset_dict.pop("annotations", None)
         elif "annotations" in dataset_dict:

@@ -2,5 +2,6 @@
 from .backbone import build_fcos_resnet_fpn_backbone
 from .fcos import FCOS
 from .one_stage_detector import OneStageDetector
+from .blendmask import BlendMask  # noqa: F401  (registers the meta-architecture)
 
 __all__ = ["build_fcos_resnet_fpn_backbone", "FCOS", "OneStageDetector"]
