@@ -1,6 +1,8 @@
 """Ops and losses shared by several methods."""
+from .dice_loss import dice_loss
 from .iou_loss import IOULoss, ltrb_iou
 from .ml_nms import ml_nms
 from .norm import NaiveGroupNorm, PerLevelNorm, head_norm, run_per_level
 
-__all__ = ["IOULoss", "ltrb_iou", "ml_nms", "NaiveGroupNorm", "PerLevelNorm", "head_norm", "run_per_level"]
+__all__ = ["dice_loss", "IOULoss", "ltrb_iou", "ml_nms", "NaiveGroupNorm", "PerLevelNorm", "head_norm",
+           "run_per_level"]

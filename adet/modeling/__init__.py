@@ -1,6 +1,7 @@
 """Models; importing this registers them with Detectron2's registries."""
 from .backbone import build_fcos_resnet_fpn_backbone
 from .fcos import FCOS
+from .condinst import CondInst  # noqa: F401  (registers the meta-architecture)
 from .one_stage_detector import OneStageDetector
 from .blendmask import BlendMask  # noqa: F401  (registers the meta-architecture)
 
