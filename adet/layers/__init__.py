@@ -1,8 +1,9 @@
 """Ops and losses shared by several methods."""
+from .deform_conv import DeformConv, DFConv2d, ModulatedDeformConv, deform_conv2d
 from .dice_loss import dice_loss
 from .iou_loss import IOULoss, ltrb_iou
 from .ml_nms import ml_nms
 from .norm import NaiveGroupNorm, PerLevelNorm, head_norm, run_per_level
 
-__all__ = ["dice_loss", "IOULoss", "ltrb_iou", "ml_nms", "NaiveGroupNorm", "PerLevelNorm", "head_norm",
-           "run_per_level"]
+__all__ = ["DeformConv", "DFConv2d", "ModulatedDeformConv", "deform_conv2d", "dice_loss",
+           "IOULoss", "ltrb_iou", "ml_nms", "NaiveGroupNorm", "PerLevelNorm", "head_norm", "run_per_level"]

@@ -6,6 +6,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
+from .resnet_deform import build_resnet_deform_backbone
+
 
 class LastLevelP6(nn.Module):
     """One extra level, P6, from `in_feature` by a stride-2 3x3 conv."""
@@ -35,12 +37,6 @@ def build_top_block(top_levels: int, channels: int, in_feature: str = "p5"):
 def _check_backbone_options(cfg):
     if cfg.MODEL.BACKBONE.ANTI_ALIAS:
         raise NotImplementedError("MODEL.BACKBONE.ANTI_ALIAS=True is not supported yet")
-    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
-        # Detectron2's DeformConv needs its compiled ops; adet's exact fallback
-        # lands with the deformable-convolution work.
-        raise NotImplementedError(
-            "MODEL.RESNETS.DEFORM_ON_PER_STAGE needs deformable convolution, not available yet"
-        )
 
 
 def fcos_fpn(cfg, bottom_up) -> FPN:
@@ -59,9 +55,15 @@ def fcos_fpn(cfg, bottom_up) -> FPN:
 
 @BACKBONE_REGISTRY.register()
 def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet (Detectron2's, any depth it supports: 18, 34, 50, 101, 152) + `fcos_fpn`."""
+    """ResNet (Detectron2's, any depth it supports: 18, 34, 50, 101, 152) + `fcos_fpn`.
+    With MODEL.RESNETS.DEFORM_ON_PER_STAGE, the deformable stages use adet's deformable
+    convolution (Detectron2's needs its compiled ops): see `resnet_deform`."""
     _check_backbone_options(cfg)
-    return fcos_fpn(cfg, build_resnet_backbone(cfg, input_shape))
+    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
+        bottom_up = build_resnet_deform_backbone(cfg, input_shape)
+    else:
+        bottom_up = build_resnet_backbone(cfg, input_shape)
+    return fcos_fpn(cfg, bottom_up)
 
 
 __all__ = ["LastLevelP6", "build_top_block", "fcos_fpn", "build_fcos_resnet_fpn_backbone"]

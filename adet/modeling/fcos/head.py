@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from adet.layers import head_norm, run_per_level
+from adet.layers import DFConv2d, head_norm, run_per_level
 
 
 class Scale(nn.Module):
@@ -23,12 +23,17 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _make_tower(num_convs: int, channels: int, norm: str, num_levels: int) -> nn.Sequential:
+def _make_tower(num_convs: int, channels: int, norm: str, num_levels: int,
+                deformable_last: bool = False) -> nn.Sequential:
     """conv3x3 (+ norm) + ReLU, repeated. Layer indices match the reference checkpoints
-    (conv at 0, norm at 1, ReLU at 2, ... or conv, ReLU without norm)."""
+    (conv at 0, norm at 1, ReLU at 2, ... or conv, ReLU without norm). With
+    `deformable_last`, the last conv is a modulated DFConv2d (`offset`, `conv` inside)."""
     layers = []
-    for _ in range(num_convs):
-        layers.append(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=True))
+    for i in range(num_convs):
+        if deformable_last and i == num_convs - 1:
+            layers.append(DFConv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=True))
+        else:
+            layers.append(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=True))
         norm_layer = head_norm(norm, channels, num_levels)
         if norm_layer is not None:
             layers.append(norm_layer)
@@ -60,14 +65,15 @@ class FCOSHead(nn.Module):
         use_scale: bool = True,
         use_relu: bool = True,
         centerness_on_reg: bool = True,
+        use_deformable: bool = False,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.use_relu = use_relu
         self.centerness_on_reg = centerness_on_reg
         # Attribute order fixes the state_dict order of the reference checkpoints.
-        self.cls_tower = _make_tower(num_cls_convs, in_channels, norm, num_levels)
-        self.bbox_tower = _make_tower(num_box_convs, in_channels, norm, num_levels)
+        self.cls_tower = _make_tower(num_cls_convs, in_channels, norm, num_levels, use_deformable)
+        self.bbox_tower = _make_tower(num_box_convs, in_channels, norm, num_levels, use_deformable)
         self.share_tower = _make_tower(num_share_convs, in_channels, norm, num_levels)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, kernel_size=3, stride=1, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
@@ -81,8 +87,6 @@ class FCOSHead(nn.Module):
         if len(channels) != 1:
             raise ValueError(f"FCOS head needs the same channels on every level, got {channels}")
         fcos = cfg.MODEL.FCOS
-        if fcos.USE_DEFORMABLE:
-            raise NotImplementedError("MODEL.FCOS.USE_DEFORMABLE needs deformable convolution, not available yet")
         return {
             "in_channels": channels.pop(),
             "num_levels": len(input_shape),
@@ -95,6 +99,7 @@ class FCOSHead(nn.Module):
             "use_scale": fcos.USE_SCALE,
             "use_relu": fcos.USE_RELU,
             "centerness_on_reg": fcos.CENTERNESS_ON_REG,
+            "use_deformable": fcos.USE_DEFORMABLE,
         }
 
     def _init_weights(self, prior_prob: float):
