@@ -235,3 +235,45 @@ def condinst_training_inputs(meta: dict, payload: dict) -> list:
             inp["instances"].gt_masks = PolygonMasks(
                 [[np.asarray(p, dtype=np.float64) for p in polys] for polys in gt["gt_masks_polygons"]])
     return inputs
+
+
+# --- SOLOv2 helpers --------------------------------------------------------------------
+
+
+def solov2_training_inputs(meta: dict, payload: dict) -> list:
+    """`training_inputs` plus bitmask gt_masks, decoded from the oracle json's RLEs."""
+    from detectron2.structures import BitMasks
+    from pycocotools import mask as mask_util
+
+    inputs = training_inputs(meta, payload)
+    for inp, image_meta in zip(inputs, meta["images"]):
+        masks = []
+        for rle in image_meta["gt_masks_bitmask_rle"]:
+            rle = dict(rle)
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode("ascii")
+            masks.append(torch.from_numpy(mask_util.decode(rle).astype(bool)))
+        inp["instances"].gt_masks = BitMasks(torch.stack(masks))
+    return inputs
+
+
+def match_instances_without_boxes(instances, meta: dict) -> list:
+    """`match_instances` for references that emit no boxes (SOLOv2): class and score only."""
+    expected = meta["instances"]
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    unused, order = set(range(len(instances))), []
+    for i, ref in enumerate(expected):
+        match = next((j for j in sorted(unused, key=lambda j: abs(j - i))
+                      if classes[j] == ref["pred_class"] and abs(scores[j] - ref["score"]) <= SCORE_TOL), None)
+        assert match is not None, f"reference instance {i} {ref} has no match"
+        unused.discard(match)
+        order.append(match)
+    return order
+
+
+def mask_ious_without_boxes(instances, meta: dict) -> list:
+    """Mask IoU of each reference instance with its match (see match_instances_without_boxes)."""
+    ours = instances.pred_masks.cpu().numpy().astype(bool)
+    order = match_instances_without_boxes(instances, meta)
+    return [mask_iou(ours[j], ref) for j, ref in zip(order, reference_masks(meta))]

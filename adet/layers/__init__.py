@@ -2,8 +2,9 @@
 from .deform_conv import DeformConv, DFConv2d, ModulatedDeformConv, deform_conv2d
 from .dice_loss import dice_loss
 from .iou_loss import IOULoss, ltrb_iou
+from .matrix_nms import matrix_nms
 from .ml_nms import ml_nms
 from .norm import NaiveGroupNorm, PerLevelNorm, head_norm, run_per_level
 
-__all__ = ["DeformConv", "DFConv2d", "ModulatedDeformConv", "deform_conv2d", "dice_loss",
+__all__ = ["DeformConv", "DFConv2d", "ModulatedDeformConv", "deform_conv2d", "dice_loss", "matrix_nms",
            "IOULoss", "ltrb_iou", "ml_nms", "NaiveGroupNorm", "PerLevelNorm", "head_norm", "run_per_level"]

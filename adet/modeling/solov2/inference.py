@@ -1,0 +1,130 @@
+"""SOLOv2 inference: point NMS on the category grids, candidate (cell, class) pairs, mask
+scoring, Matrix NMS, masks at the output size.
+
+Memory: the candidates above SCORE_THR can number tens of thousands, and a mask per
+candidate would take gigabytes. Every quantity needed to rank them (mask area, maskness)
+depends only on the cell, so it is computed once per cell, in chunks; only the NMS_PRE
+best candidates get a mask. The result equals the reference's, which materialises all.
+"""
+import math
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from detectron2.structures import Boxes, Instances
+
+from adet.layers import matrix_nms
+
+from .loss import dynamic_masks
+
+
+def point_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
+    """Keep only the local maxima of (N, C, S, S) scores over 2 x 2 windows (others -> 0)."""
+    hmax = F.max_pool2d(heat, (kernel, kernel), stride=1, padding=1)
+    keep = (hmax[:, :, :-1, :-1] == heat).float()
+    return heat * keep
+
+
+def _cell_mask_stats(mask_features: torch.Tensor, kernels: torch.Tensor, mask_thr: float, chunk: int):
+    """Per kernel: foreground area (float) and maskness (mean probability on the foreground)."""
+    areas, maskness = [], []
+    for start in range(0, kernels.shape[0], chunk):
+        probs = dynamic_masks(mask_features, kernels[start:start + chunk]).sigmoid()
+        masks = probs > mask_thr
+        area = masks.sum((1, 2)).float()
+        areas.append(area)
+        maskness.append((probs * masks.float()).sum((1, 2)) / area)
+    return torch.cat(areas), torch.cat(maskness)
+
+
+def _empty(out_size: Tuple[int, int], device) -> Instances:
+    result = Instances(out_size)
+    result.scores = torch.zeros(0, device=device)
+    result.pred_classes = torch.zeros(0, dtype=torch.int64, device=device)
+    result.pred_masks = torch.zeros((0,) + tuple(out_size), dtype=torch.bool, device=device)
+    result.pred_boxes = Boxes(torch.zeros(0, 4, device=device))
+    return result
+
+
+def inference_single_image(cate_scores: torch.Tensor, kernels: torch.Tensor, cell_strides: torch.Tensor,
+                           mask_features: torch.Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int], *,
+                           score_thr: float, mask_thr: float, update_thr: float, nms_pre: int, max_per_img: int,
+                           nms_kernel: str, nms_sigma: float, chunk: int = 1024) -> Instances:
+    """One image. cate_scores: (L, C) after sigmoid and point NMS, all levels' cells in
+    order; kernels: (L, E); cell_strides: (L,) the stride of each cell's level (a mask must
+    be larger than it); mask_features: (1, E, Hf, Wf)."""
+    h, w = image_size
+    f_h, f_w = mask_features.shape[-2:]
+    device = cate_scores.device
+
+    candidates = cate_scores > score_thr
+    cells, labels = candidates.nonzero().unbind(1)
+    scores = cate_scores[candidates]
+    if scores.numel() == 0:
+        return _empty(out_size, device)
+
+    # Rank (cell, class) candidates with per-cell mask statistics, without keeping masks.
+    used = candidates.any(dim=1).nonzero().squeeze(1)
+    area = cate_scores.new_zeros(cate_scores.shape[0])
+    maskness = cate_scores.new_zeros(cate_scores.shape[0])
+    area[used], maskness[used] = _cell_mask_stats(mask_features, kernels[used], mask_thr, chunk)
+    keep = area[cells] > cell_strides[cells]
+    if not keep.any():
+        return _empty(out_size, device)
+    cells, labels = cells[keep], labels[keep]
+    scores = scores[keep] * maskness[cells]
+    if scores.numel() > nms_pre:
+        # The NMS_PRE best, in candidate order (as the reference would see them).
+        chosen = torch.argsort(scores, descending=True)[:nms_pre].sort().values
+        cells, labels, scores = cells[chosen], labels[chosen], scores[chosen]
+    order = torch.argsort(scores, descending=True)
+    cells, labels, scores = cells[order], labels[order], scores[order]
+
+    probs = dynamic_masks(mask_features, kernels[cells]).sigmoid()
+    masks = probs > mask_thr
+    scores = matrix_nms(labels, masks, masks.sum((1, 2)).float(), scores, sigma=nms_sigma, kernel=nms_kernel)
+    keep = scores >= update_thr
+    if not keep.any():
+        return _empty(out_size, device)
+    probs, scores, labels = probs[keep], scores[keep], labels[keep]
+    order = torch.argsort(scores, descending=True)[:max_per_img]
+    probs, scores, labels = probs[order], scores[order], labels[order]
+
+    # Back to the input's scale (feature stride), crop the padding, then to the output size.
+    ratio = math.ceil(h / f_h)
+    probs = F.interpolate(probs.unsqueeze(0), size=(int(f_h * ratio), int(f_w * ratio)), mode="bilinear",
+                          align_corners=False)[:, :, :h, :w]
+    masks = F.interpolate(probs, size=tuple(out_size), mode="bilinear", align_corners=False).squeeze(0) > mask_thr
+
+    result = Instances(out_size)
+    result.pred_classes = labels
+    result.scores = scores
+    result.pred_masks = masks
+    # The reference emits zero boxes; boxes from the masks let box AP and the Visualizer work.
+    result.pred_boxes = masks_to_boxes(masks)
+    return result
+
+
+def masks_to_boxes(masks: torch.Tensor) -> Boxes:
+    """XYXY boxes enclosing (N, H, W) bool masks (x1, y1 exclusive, as Detectron2's
+    BitMasks.get_bounding_boxes); empty masks get zero boxes. No loop over masks."""
+    n, h, w = masks.shape
+    boxes = torch.zeros(n, 4, dtype=torch.float32, device=masks.device)
+    if n == 0:
+        return Boxes(boxes)
+    x_any, y_any = masks.any(dim=1), masks.any(dim=2)
+    xs = torch.arange(w, device=masks.device)
+    ys = torch.arange(h, device=masks.device)
+    nonempty = x_any.any(dim=1)
+    boxes[:, 0] = torch.where(x_any, xs, w).min(dim=1).values.float()
+    boxes[:, 1] = torch.where(y_any, ys, h).min(dim=1).values.float()
+    boxes[:, 2] = torch.where(x_any, xs, -1).max(dim=1).values.float() + 1
+    boxes[:, 3] = torch.where(y_any, ys, -1).max(dim=1).values.float() + 1
+    boxes[~nonempty] = 0
+    return Boxes(boxes)
+
+
+def cell_strides(num_grids: Sequence[int], strides: Sequence[int], device) -> torch.Tensor:
+    """(sum S^2,) float: the FPN stride of every grid cell, levels in order."""
+    return torch.cat([torch.full((g * g,), float(s), device=device) for g, s in zip(num_grids, strides)])
