@@ -237,6 +237,30 @@ def condinst_training_inputs(meta: dict, payload: dict) -> list:
     return inputs
 
 
+# --- SparseInst helpers ----------------------------------------------------------------
+
+
+def sparseinst_training_inputs(meta: dict, payload: dict) -> list:
+    """`training_inputs` (RGB) plus bitmask gt_masks decoded from the oracle's RLE."""
+    from pycocotools import mask as mask_util
+    from detectron2.structures import BitMasks
+
+    inputs = training_inputs(meta, payload, rgb=True)
+    for inp, image_meta in zip(inputs, meta["images"]):
+        rles = [dict(r, counts=r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"])
+                for r in image_meta["gt_masks_bitmask_rle"]]
+        masks = np.stack([mask_util.decode(r) for r in rles]).astype(bool)
+        inp["instances"].gt_masks = BitMasks(torch.from_numpy(masks))
+    return inputs
+
+
+def worst_mask_iou_in_order(instances, meta: dict) -> float:
+    """Smallest mask IoU between the reference instances and ours at the same position
+    (for outputs without boxes, e.g. SparseInst, whose order is the query order)."""
+    ours = instances.pred_masks.cpu().numpy().astype(bool)
+    return min((mask_iou(ours[i], ref) for i, ref in enumerate(reference_masks(meta))), default=1.0)
+
+
 # --- SOLOv2 helpers --------------------------------------------------------------------
 
 

@@ -1,0 +1,173 @@
+"""SparseInst pieces on hand-made cases: matcher, criterion parts, IAM normalisation,
+coordinates, inference rescoring."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adet.modeling.sparseinst.criterion import SparseInstCriterion, mask_iou, matched_target_index
+from adet.modeling.sparseinst.decoder import (
+    GroupInstanceBranch,
+    coordinate_features,
+    normalized_sigmoid_iam,
+)
+from adet.modeling.sparseinst.matcher import SparseInstMatcher, dice_score, padded_target_masks
+from adet.modeling.sparseinst.sparseinst import rescore
+
+BIG = 20.0  # a logit whose sigmoid is 1 to float precision
+
+
+def two_by_two_case():
+    """Two predictions, two 4x4 targets: prediction 0 covers target 1's mask and has its
+    class, prediction 1 covers target 0's: the optimal matching is the anti-diagonal."""
+    t0 = torch.zeros(4, 4)
+    t0[:2] = 1
+    t1 = torch.zeros(4, 4)
+    t1[2:] = 1
+    masks = torch.stack([t1, t0]) * 2 * BIG - BIG  # pred 0 ~ t1, pred 1 ~ t0
+    logits = torch.full((1, 2, 3), -BIG)
+    logits[0, 0, 2] = BIG  # pred 0 says class 2 (target 1's)
+    logits[0, 1, 1] = BIG  # pred 1 says class 1 (target 0's)
+    outputs = {"pred_masks": masks[None], "pred_logits": logits, "pred_scores": torch.zeros(1, 2, 1)}
+    targets = [{"labels": torch.tensor([1, 2]), "masks": torch.stack([t0, t1]).bool()}]
+    return outputs, targets
+
+
+def test_matcher_2x2_known_assignment():
+    outputs, targets = two_by_two_case()
+    (rows, cols), = SparseInstMatcher(alpha=0.8, beta=0.2)(outputs, targets, (4, 4))
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_matcher_score_is_dice_power_alpha_times_prob_power_beta():
+    logits = torch.tensor([[0.0, 0.0]])  # sigmoid 0.5 on both pixels
+    targets = torch.tensor([[1.0, 0.0]])
+    dice = 2 * 0.5 / (0.5 + 1.0 + 1e-4)
+    assert dice_score(logits, targets).item() == pytest.approx(dice, rel=1e-6)
+    matcher = SparseInstMatcher(alpha=0.8, beta=0.2)
+    score = matcher.matching_score(logits, torch.tensor([[0.3, 0.7]]), targets, torch.tensor([1]))
+    assert score.item() == pytest.approx(dice ** 0.8 * 0.7 ** 0.2, rel=1e-6)
+
+
+def test_matcher_without_targets_returns_empty_pairs():
+    outputs, _ = two_by_two_case()
+    targets = [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 4, 4, dtype=torch.bool)}]
+    (rows, cols), = SparseInstMatcher()(outputs, targets, (4, 4))
+    assert rows.numel() == cols.numel() == 0
+
+
+def test_padded_target_masks_pads_each_image_at_top_left():
+    targets = [{"masks": torch.ones(1, 2, 3, dtype=torch.bool)}, {"masks": torch.ones(2, 4, 2, dtype=torch.bool)}]
+    out = padded_target_masks(targets, (4, 4), torch.zeros(1))
+    assert out.shape == (3, 4, 4) and out.dtype == torch.float32
+    assert out[0].sum() == 6 and out[0, :2, :3].all()
+    assert out[1].sum() == 8 and out[2, :, :2].all()
+
+
+def test_matched_target_index_offsets_by_image():
+    indices = [(torch.tensor([5, 7]), torch.tensor([1, 0])), (torch.tensor([3]), torch.tensor([2]))]
+    assert matched_target_index(indices, [2, 3]).tolist() == [1, 0, 4]
+
+
+def test_mask_iou_thresholds():
+    logits = torch.tensor([[BIG, BIG, -BIG, -BIG]])
+    targets = torch.tensor([[1.0, 0.6, 0.4, 1.0]])  # binarised at 0.5: 1 1 0 1
+    assert mask_iou(logits, targets).item() == pytest.approx(2 / 3, rel=1e-5)
+
+
+def test_criterion_on_perfect_predictions():
+    outputs, targets = two_by_two_case()
+    criterion = SparseInstCriterion(matcher=SparseInstMatcher(), num_classes=3)
+    losses = criterion(outputs, targets, (4, 4))
+    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice", "loss_objectness"}
+    assert losses["loss_ce"].item() < 1e-6
+    assert losses["loss_dice"].item() < 1e-4
+    assert losses["loss_mask"].item() < 1e-6
+    # objectness logit 0 against IoU 1: BCE = log 2, weight 1.
+    assert losses["loss_objectness"].item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_criterion_weights_and_normalisation():
+    outputs, targets = two_by_two_case()
+    outputs["pred_masks"] = torch.zeros_like(outputs["pred_masks"])  # sigmoid 0.5 everywhere
+    weights = dict(class_weight=3.0, mask_pixel_weight=7.0, mask_dice_weight=11.0, objectness_weight=13.0)
+    losses = SparseInstCriterion(matcher=SparseInstMatcher(), num_classes=3, **weights)(outputs, targets, (4, 4))
+    # Each matched mask: 8 of 16 pixels on, p = 0.5: dice = 1 - 2*4 / (4 + 8 + 1e-4); summed over 2, / 2 targets.
+    assert losses["loss_dice"].item() == pytest.approx(11.0 * (1 - 8 / (12 + 1e-4)), rel=1e-5)
+    assert losses["loss_mask"].item() == pytest.approx(7.0 * math.log(2), rel=1e-5)
+    # IoU of an all-on prediction (0.5 >= 0.4) with a half mask: 0.5.
+    expected_obj = F.binary_cross_entropy_with_logits(torch.zeros(2), torch.full((2,), 0.5)).item()
+    assert losses["loss_objectness"].item() == pytest.approx(13.0 * expected_obj, rel=1e-5)
+
+
+def test_iam_normalisation_sums_to_one_and_is_sigmoid_proportional():
+    iam = torch.randn(2, 3, 5, 7)
+    weights = normalized_sigmoid_iam(iam)
+    assert weights.shape == (2, 3, 35)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+    ratio = weights / iam.sigmoid().flatten(2)
+    torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio))
+
+
+def test_group_branch_concatenates_one_instance_maps_group_major():
+    branch = GroupInstanceBranch(in_channels=4, dim=2, num_convs=1, num_masks=3, kernel_dim=5, num_classes=6,
+                                 groups=2)
+    with torch.no_grad():
+        branch.fc.weight.copy_(torch.eye(4))
+        branch.fc.bias.zero_()
+    inst = torch.arange(12.0).view(1, 6, 2)  # map g*3 + n has features [2(g*3+n), 2(g*3+n)+1]
+    out = branch.instance_features(inst)
+    assert out.shape == (1, 3, 4)
+    assert out[0, 1].tolist() == [2.0, 3.0, 8.0, 9.0]  # instance 1: maps 1 and 4
+
+
+def test_coordinate_features_span_minus_one_to_one():
+    coords = coordinate_features(torch.zeros(2, 8, 3, 5))
+    assert coords.shape == (2, 2, 3, 5)
+    assert coords[0, 0, 0].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]  # x along the width
+    assert coords[0, 1, :, 0].tolist() == [-1.0, 0.0, 1.0]  # y along the height
+
+
+def test_rescore_by_mean_probability_inside_mask():
+    probs = torch.tensor([[[0.9, 0.5], [0.2, 0.1]]])
+    assert rescore(torch.tensor([0.5]), probs, 0.45).item() == pytest.approx(0.5 * 0.7, rel=1e-5)
+
+
+def test_inference_keeps_queries_above_threshold_at_output_size():
+    from types import SimpleNamespace
+
+    from adet.modeling.sparseinst import SparseInst
+
+    logits = torch.full((1, 3, 2), -BIG)
+    logits[0, 1, 0] = BIG  # only query 1 is confident
+    masks = torch.full((1, 3, 4, 4), -BIG)
+    masks[0, 1, :2, :2] = BIG
+    outputs = {"pred_logits": logits, "pred_scores": torch.full((1, 3, 1), BIG), "pred_masks": masks}
+    fake = SimpleNamespace(cls_threshold=0.005, mask_threshold=0.45)
+    (result,) = SparseInst.inference(fake, outputs, (16, 16), [(16, 12)], [(32, 24)])
+    assert result.image_size == (32, 24)
+    assert result.pred_classes.tolist() == [0]
+    assert result.scores.tolist() == pytest.approx([1.0])
+    assert result.pred_masks.shape == (1, 32, 24)
+    x0, y0, x1, y1 = result.pred_boxes.tensor[0].tolist()
+    assert x0 == 0 and y0 == 0 and 15 <= x1 <= 18 and 15 <= y1 <= 18
+    outputs["pred_logits"][0, 1, 0] = -BIG
+    (empty,) = SparseInst.inference(fake, outputs, (16, 16), [(16, 12)], [(32, 24)])
+    assert len(empty) == 0 and empty.pred_masks.shape == (0, 32, 24)
+
+
+def test_prepare_target_from_polygons_and_without_masks():
+    from detectron2.structures import Instances, PolygonMasks
+
+    from adet.modeling.sparseinst import SparseInst
+
+    inst = Instances((8, 8))
+    inst.gt_classes = torch.tensor([3])
+    inst.gt_masks = PolygonMasks([[[0.0, 0.0, 4.0, 0.0, 4.0, 4.0, 0.0, 4.0]]])
+    target = SparseInst.prepare_target(inst)
+    assert target["masks"].shape == (1, 8, 8) and target["masks"].dtype == torch.bool
+    assert 9 <= target["masks"].sum() <= 25
+    empty = Instances((8, 8))
+    empty.gt_classes = torch.zeros(0, dtype=torch.long)
+    assert SparseInst.prepare_target(empty)["masks"].shape == (0, 8, 8)
