@@ -7,8 +7,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import Registry
+
+from adet.layers.conv import conv_norm_relu
 
 BASIS_MODULE_REGISTRY = Registry("BASIS_MODULE")
 BASIS_MODULE_REGISTRY.__doc__ = "Bottom modules of BlendMask (MODEL.BASIS_MODULE.NAME)."
@@ -16,20 +18,6 @@ BASIS_MODULE_REGISTRY.__doc__ = "Bottom modules of BlendMask (MODEL.BASIS_MODULE
 
 def build_basis_module(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     return BASIS_MODULE_REGISTRY.get(cfg.MODEL.BASIS_MODULE.NAME)(cfg, input_shape)
-
-
-def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Module:
-    """3x3 conv (Kaiming-uniform, no bias when normalised), norm, ReLU: a Sequential whose
-    indices (0 conv, 1 norm) match the reference checkpoints."""
-    conv = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=not norm)
-    nn.init.kaiming_uniform_(conv.weight, a=1)
-    if conv.bias is not None:
-        nn.init.constant_(conv.bias, 0)
-    layers = [conv]
-    if norm:
-        layers.append(nn.GroupNorm(32, out_channels) if norm == "GN" else get_norm(norm, out_channels))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 @BASIS_MODULE_REGISTRY.register()

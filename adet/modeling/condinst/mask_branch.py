@@ -8,26 +8,14 @@ from torch import nn
 from fvcore.nn import sigmoid_focal_loss_jit
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
+
+from adet.layers.conv import conv_norm_relu
 
 from .utils import aligned_bilinear
 
 INF = 100000000
-
-
-def conv_norm_relu(in_channels: int, out_channels: int, norm: Optional[str]) -> nn.Sequential:
-    """3x3 conv, norm (none for "" or None), ReLU; Kaiming-uniform init (a=1). As in the
-    reference checkpoints, the conv has a bias only when ``norm`` is None."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=norm is None)
-    nn.init.kaiming_uniform_(conv.weight, a=1)
-    if conv.bias is not None:
-        nn.init.constant_(conv.bias, 0)
-    layers = [conv]
-    if norm:
-        layers.append(nn.GroupNorm(32, out_channels) if norm == "GN" else get_norm(norm, out_channels))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 def semantic_targets(gt_instances: List[Instances], stride: int) -> torch.Tensor:

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from adet.layers.masks import mass_centers
+
 INF = 100000000
 
 
@@ -34,17 +36,6 @@ def level_size_ranges(sizes_of_interest: Sequence[float], num_levels: int) -> Li
             f"{num_levels} levels need {num_levels - 1}"
         )
     return [[bounds[i], bounds[i + 1]] for i in range(num_levels)]
-
-
-def mass_centers(bitmasks: torch.Tensor):
-    """Centre of mass (x, y) of each (H, W) mask of an (N, H, W) tensor."""
-    h, w = bitmasks.shape[-2:]
-    xs = torch.arange(0, w, dtype=torch.float32, device=bitmasks.device)
-    ys = torch.arange(0, h, dtype=torch.float32, device=bitmasks.device)
-    m00 = bitmasks.sum(dim=-1).sum(dim=-1).clamp(min=1e-6)
-    m10 = (bitmasks * xs).sum(dim=-1).sum(dim=-1)
-    m01 = (bitmasks * ys[:, None]).sum(dim=-1).sum(dim=-1)
-    return m10 / m00, m01 / m00
 
 
 def center_sample_region(boxes, location_strides, xs, ys, radius: float, bitmasks=None):

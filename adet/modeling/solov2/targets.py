@@ -15,6 +15,8 @@ import torch
 
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 
+from adet.layers.masks import mass_centers
+
 MASK_STRIDE = 4  # the unified mask features are at 1/4 of the (padded) input
 
 
@@ -25,17 +27,6 @@ class LevelTargets:
     positive: torch.Tensor  # (S*S,) bool
     grid_order: torch.Tensor  # (P,) int64 flat cell index of each positive entry (may repeat)
     masks: torch.Tensor  # (P, Hf, Wf) uint8 mask target of each entry of grid_order
-
-
-def center_of_mass(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) mass centers of (N, H, W) binary masks, in pixels."""
-    _, h, w = masks.shape
-    ys = torch.arange(0, h, dtype=torch.float32, device=masks.device)
-    xs = torch.arange(0, w, dtype=torch.float32, device=masks.device)
-    m00 = masks.sum(dim=-1).sum(dim=-1).clamp(min=1e-6)
-    m10 = (masks * xs).sum(dim=-1).sum(dim=-1)
-    m01 = (masks * ys[:, None]).sum(dim=-1).sum(dim=-1)
-    return m10 / m00, m01 / m00
 
 
 def downscale_masks(masks: torch.Tensor, stride: int = MASK_STRIDE) -> torch.Tensor:
@@ -79,7 +70,7 @@ def image_targets(instances: Instances, mask_feat_size: Tuple[int, int], num_cla
             level_boxes, level_masks_full = boxes[hits], masks[hits]
             half_w = 0.5 * (level_boxes[:, 2] - level_boxes[:, 0]) * sigma
             half_h = 0.5 * (level_boxes[:, 3] - level_boxes[:, 1]) * sigma
-            center_w, center_h = center_of_mass(level_masks_full)
+            center_w, center_h = mass_centers(level_masks_full)
             valid = (level_masks_full.sum(dim=-1).sum(dim=-1) > 0).tolist()
             small = downscale_masks(level_masks_full)
             level_masks = small.new_zeros((len(hits), hf, wf))
