@@ -47,6 +47,7 @@ ADET_ONLY_KEYS = (
 # MODEL.DEVICE is set to "cuda" there too, which is Detectron2's default already.
 SPARSEINST_TOOLBOX_DEFAULTS = {
     "MODEL.MASK_ON": True,  # Detectron2 / AdelaiDet default: False
+    "SOLVER.OPTIMIZER": "ADAMW",  # adet default: "SGD" (Detectron2's optimizer, AdelaiDet's)
 }
 
 
@@ -317,7 +318,9 @@ def _add_sparseinst_config(cfg):
     matcher.BETA = 0.2
 
     # Optimizer choice of the SparseInst trainer.
-    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # "SGD": Detectron2's optimizer, as AdelaiDet trains; "ADAMW": SparseInst's (its
+    # toolbox default; our SparseInst YAMLs set it, see SPARSEINST_TOOLBOX_DEFAULTS).
+    cfg.SOLVER.OPTIMIZER = "SGD"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
     cfg.SOLVER.AMSGRAD = False
 

@@ -2,12 +2,16 @@
 and crash-safe checkpoints. Detectron2 runs the loop and the hooks (LR schedule,
 periodic checkpoints, evaluation, metrics.json / TensorBoard / console with ETA)."""
 import importlib
+import itertools
 import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -32,6 +36,36 @@ def check_datasets(names) -> None:
     """Raise a clear error (path, DETECTRON2_DATASETS) unless every data set is on disk."""
     for name in names:
         check_dataset_available(name)
+
+
+def build_adamw_optimizer(cfg, model) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZER "ADAMW" (SparseInst's recipe): AdamW (AMSGRAD), WEIGHT_DECAY on
+    every parameter, BACKBONE_MULTIPLIER on the backbone's LR; CLIP_GRADIENTS with
+    CLIP_TYPE "full_model" clips the norm of all gradients together, other types are
+    Detectron2's."""
+    solver = cfg.SOLVER
+    params, memo = [], set()
+    for name, value in model.named_parameters(recurse=True):
+        if not value.requires_grad or value in memo:
+            continue
+        memo.add(value)
+        lr = solver.BASE_LR * (solver.BACKBONE_MULTIPLIER if "backbone" in name else 1.0)
+        params.append({"params": [value], "lr": lr, "weight_decay": solver.WEIGHT_DECAY})
+    optim_cls, kwargs = torch.optim.AdamW, {"amsgrad": solver.AMSGRAD}
+    clip = solver.CLIP_GRADIENTS
+    if clip.CLIP_TYPE != "full_model":
+        optim_cls = maybe_add_gradient_clipping(cfg, optim_cls)
+    elif clip.ENABLED and clip.CLIP_VALUE > 0.0:
+        base_cls = optim_cls
+
+        class FullModelGradientClippingOptimizer(base_cls):
+            def step(self, closure=None):
+                all_params = itertools.chain(*[g["params"] for g in self.param_groups])
+                torch.nn.utils.clip_grad_norm_(all_params, clip.CLIP_VALUE)
+                return super().step(closure=closure)
+
+        optim_cls = FullModelGradientClippingOptimizer
+    return optim_cls(params, solver.BASE_LR, **kwargs)
 
 
 def _ddp(model):
@@ -106,6 +140,15 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         import_adet_modeling()
         return super().build_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """SOLVER.OPTIMIZER: "SGD" (default) is Detectron2's optimizer; "ADAMW" SparseInst's."""
+        if cfg.SOLVER.OPTIMIZER == "ADAMW":
+            return build_adamw_optimizer(cfg, model)
+        if cfg.SOLVER.OPTIMIZER != "SGD":
+            raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
+        return super().build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
