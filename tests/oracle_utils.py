@@ -55,6 +55,20 @@ def load_reference_weights(model, model_name: str):
     return model
 
 
+def reference_model(config_file: str, model_name: str):
+    """Our model built from `config_file` (relative to the repo) on the CPU, with the
+    deterministic weights of `model_name`'s schema loaded strictly."""
+    from adet.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / config_file))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    torch.set_num_threads(2)
+    return load_reference_weights(build_model(cfg), model_name)
+
+
 def resized_image(split: str, file_name: str, short_edge: int, max_size: int, rgb: bool = False):
     """Read an image as the oracle did and resize it; returns (CHW uint8 tensor, (H, W))."""
     image = detection_utils.read_image(str(DATA / "coco_tiny" / split / file_name), format="BGR")

@@ -3,8 +3,6 @@ with their masks, and every training loss, for the R_50_1x and 550_R_50_3x model
 import pytest
 import torch
 
-from adet.config import get_cfg
-from detectron2.modeling import build_model
 
 import oracle_utils as ou
 
@@ -18,12 +16,7 @@ MASK_IOU_MIN = 0.99
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def model_and_name(request):
     name = request.param
-    cfg = get_cfg()
-    cfg.merge_from_file(str(ou.REPO / MODELS[name]))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    torch.set_num_threads(2)
-    return ou.load_reference_weights(build_model(cfg), name), name
+    return ou.reference_model(MODELS[name], name), name
 
 
 def test_state_dict_keys_match_reference_schema(model_and_name):

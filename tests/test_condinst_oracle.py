@@ -3,8 +3,6 @@ weights (the `__cfgbuf` oracle files: see ../shared/reference/README.md)."""
 import pytest
 import torch
 
-from adet.config import get_cfg
-from detectron2.modeling import build_model
 
 import oracle_utils as ou
 
@@ -18,13 +16,7 @@ MIN_MASK_IOU = 0.99
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def named_model(request):
     name = request.param
-    cfg = get_cfg()
-    cfg.merge_from_file(str(ou.REPO / MODELS[name]))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    torch.set_num_threads(2)
-    model = ou.load_reference_weights(build_model(cfg), name)
-    return name, ou.restore_condinst_buffers(model)
+    return name, ou.restore_condinst_buffers(ou.reference_model(MODELS[name], name))
 
 
 def test_state_dict_keys_match_reference_schema(named_model):

@@ -2,8 +2,6 @@
 import pytest
 import torch
 
-from adet.config import get_cfg
-from detectron2.modeling import build_model
 
 import oracle_utils as ou
 
@@ -12,12 +10,7 @@ MODEL = "solov2_R50_3x"
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = get_cfg()
-    cfg.merge_from_file(str(ou.REPO / "configs/SOLOv2/R50_3x.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    torch.set_num_threads(2)
-    return ou.load_reference_weights(build_model(cfg), MODEL)
+    return ou.reference_model("configs/SOLOv2/R50_3x.yaml", MODEL)
 
 
 def test_state_dict_keys_match_reference_schema(model):

@@ -3,8 +3,6 @@ same deterministic weights: decoder outputs, instances and training losses."""
 import pytest
 import torch
 
-from adet.config import get_cfg
-from detectron2.modeling import build_model
 
 import oracle_utils as ou
 
@@ -18,12 +16,7 @@ MODELS = {
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def named_model(request):
-    cfg = get_cfg()
-    cfg.merge_from_file(str(ou.REPO / MODELS[request.param]))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    torch.set_num_threads(2)
-    return request.param, ou.load_reference_weights(build_model(cfg), request.param)
+    return request.param, ou.reference_model(MODELS[request.param], request.param)
 
 
 @pytest.fixture(scope="module")

@@ -316,8 +316,11 @@ def _add_sparseinst_config(cfg):
     matcher.NAME = "SparseInstMatcher"
     matcher.ALPHA = 0.8
     matcher.BETA = 0.2
+    _add_solver_and_sparseinst_backbone_config(cfg)
 
-    # Optimizer choice of the SparseInst trainer.
+
+def _add_solver_and_sparseinst_backbone_config(cfg):
+    """The optimizer keys SparseInst added, and the backbones of its configs."""
     # "SGD": Detectron2's optimizer, as AdelaiDet trains; "ADAMW": SparseInst's (its
     # toolbox default; our SparseInst YAMLs set it, see SPARSEINST_TOOLBOX_DEFAULTS).
     cfg.SOLVER.OPTIMIZER = "SGD"
