@@ -13,6 +13,13 @@ from detectron2.structures import ImageList, Instances
 logger = logging.getLogger(__name__)
 
 
+def normalize_and_pad(batched_inputs: List[Dict], pixel_mean, pixel_std, size_divisibility: int) -> ImageList:
+    """Normalise each input's "image" with the pixel mean / std (on their device) and pad
+    the batch to a multiple of `size_divisibility`: the preprocessing every adet model shares."""
+    images = [(x["image"].to(pixel_mean.device) - pixel_mean) / pixel_std for x in batched_inputs]
+    return ImageList.from_tensors(images, size_divisibility)
+
+
 @META_ARCH_REGISTRY.register()
 class OneStageDetector(nn.Module):
     """A backbone and a dense one-stage head registered as a proposal generator
@@ -50,8 +57,7 @@ class OneStageDetector(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad the images to a batch the backbone can divide."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalize_and_pad(batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility)
 
     def gt_instances(self, batched_inputs: List[Dict]) -> Optional[List[Instances]]:
         if "instances" not in batched_inputs[0]:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_proposal_generator, build_sem_seg_head
+from detectron2.modeling import META_ARCH_REGISTRY, build_sem_seg_head
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import ImageList
@@ -46,28 +46,25 @@ class BlendMask(OneStageDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        shapes = backbone.output_shape()
+        args = super().from_config(cfg)  # backbone, FCOS, pixel mean / std
+        shapes = args["backbone"].output_shape()
         num_bases = cfg.MODEL.BASIS_MODULE.NUM_BASES
         attn_size = cfg.MODEL.BLENDMASK.ATTN_SIZE
         top_layer = nn.Conv2d(cfg.MODEL.FPN.OUT_CHANNELS, num_bases * attn_size * attn_size, 3, padding=1)
         nn.init.normal_(top_layer.weight, std=0.01)
         nn.init.constant_(top_layer.bias, 0)
         combine = cfg.MODEL.PANOPTIC_FPN.COMBINE
-        return {
-            "backbone": backbone,
-            "proposal_generator": build_proposal_generator(cfg, shapes),
+        args.update({
             "basis_module": build_basis_module(cfg, shapes),
             "blender": Blender(cfg),
             "top_layer": top_layer,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
             "instance_loss_weight": cfg.MODEL.BLENDMASK.INSTANCE_LOSS_WEIGHT,
             "panoptic_module": build_sem_seg_head(cfg, shapes) if combine.ENABLED else None,
             "combine_overlap_threshold": combine.OVERLAP_THRESH,
             "combine_stuff_area_limit": combine.STUFF_AREA_LIMIT,
             "combine_instances_confidence_threshold": combine.INSTANCES_CONFIDENCE_THRESH,
-        }
+        })
+        return args
 
     def _padded_targets(self, batched_inputs: List[Dict], key: str, pad_value: int):
         if key not in batched_inputs[0]:

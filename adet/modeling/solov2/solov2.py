@@ -12,6 +12,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 
+from ..one_stage_detector import normalize_and_pad
 from .heads import SOLOv2InsHead, SOLOv2MaskHead
 from .inference import cell_strides, inference_single_image, point_nms
 from .loss import solov2_losses
@@ -76,8 +77,7 @@ class SOLOv2(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalize_and_pad(batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility)
 
     @staticmethod
     def rescale_instance_features(features: List[torch.Tensor]) -> List[torch.Tensor]:

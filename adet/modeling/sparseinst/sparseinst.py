@@ -11,6 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
 
+from ..one_stage_detector import normalize_and_pad
 from .criterion import build_sparse_inst_criterion
 from .decoder import build_sparse_inst_decoder
 from .encoder import build_sparse_inst_encoder
@@ -75,8 +76,7 @@ class SparseInst(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, SIZE_DIVISIBILITY)
+        return normalize_and_pad(batched_inputs, self.pixel_mean, self.pixel_std, SIZE_DIVISIBILITY)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
