@@ -78,6 +78,23 @@ def _init_worker(backend, init_method, world_size, rank, local_rank, local_size,
     comm.synchronize()
 
 
+def _run_and_leave_group(main_func, args):
+    """Run ``main_func``, then leave the process groups together, the local one first.
+
+    A rank that exits while gloo still holds connections of a group to a slower rank makes
+    that rank abort in C++ ("terminate called without an active exception"); closing each
+    group after a barrier on it avoids the race.
+    """
+    main_func(*args)
+    local_group = getattr(comm, "_LOCAL_PROCESS_GROUP", None)
+    if local_group is not None:
+        dist.barrier(group=local_group)
+        dist.destroy_process_group(local_group)
+        comm._LOCAL_PROCESS_GROUP = None
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _cpu_worker(local_rank, main_func, world_size, local_size, machine_rank, dist_url, args,
                 timeout):
     rank = machine_rank * local_size + local_rank
@@ -86,7 +103,7 @@ def _cpu_worker(local_rank, main_func, world_size, local_size, machine_rank, dis
     except Exception:
         logger.error(f"Process group URL: {dist_url}")
         raise
-    main_func(*args)
+    _run_and_leave_group(main_func, args)
 
 
 def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0,
@@ -109,7 +126,9 @@ def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0,
             local_size = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes_per_machine))
             _init_worker("nccl" if use_cuda else "gloo", "env://", world_size, rank,
                          local_rank, local_size, timeout)
-        main_func(*args)
+            _run_and_leave_group(main_func, args)
+        else:
+            main_func(*args)
         return
 
     world_size = num_machines * num_processes_per_machine
