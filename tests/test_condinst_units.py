@@ -117,6 +117,40 @@ def test_dynamic_convs_equal_per_instance_matmuls():
         assert torch.allclose(logits[i, 0].flatten(), x[0], atol=1e-5)
 
 
+def test_use_fp16_runs_the_dynamic_convs_in_half_precision_and_losses_in_float32():
+    """MASK_HEAD.USE_FP16: bfloat16 convs on the CPU; logits come back float32, close to
+    the float32 head's, and the dice loss back-propagates finite gradients."""
+    torch.manual_seed(0)
+    kwargs = dict(in_channels=8, channels=8, num_layers=3, mask_out_stride=4,
+                  sizes_of_interest=[64, 128, 256, 512])
+    full, half = DynamicMaskHead(**kwargs), DynamicMaskHead(**kwargs, use_fp16=True)
+    cfg = get_cfg()
+    cfg.MODEL.CONDINST.MASK_HEAD.USE_FP16 = True
+    assert DynamicMaskHead(cfg).use_fp16
+    inst = Instances((64, 64))
+    inst.im_inds = torch.tensor([0, 0])
+    inst.locations = torch.tensor([[12.0, 20.0], [40.0, 36.0]])
+    inst.fpn_levels = torch.tensor([0, 1])
+    inst.gt_inds = torch.tensor([0, 1])
+    inst.mask_head_params = torch.randn(2, full.num_gen_params, requires_grad=True)
+    feats = torch.randn(1, 8, 8, 8)
+
+    reference = full.mask_logits(feats, 8, inst)
+    logits = half.mask_logits(feats, 8, inst)
+    assert logits.dtype == torch.float32 and logits.shape == reference.shape
+    assert not torch.equal(logits, reference)  # it really ran in lower precision
+    assert torch.allclose(logits, reference, atol=0.05 * reference.abs().max().item())
+
+    gt = Instances((64, 64))
+    gt.gt_bitmasks = (torch.rand(2, 16, 16) > 0.5).float()
+    half.train()
+    loss = half(feats, 8, inst, [gt])["loss_mask"]
+    assert loss.dtype == torch.float32
+    loss.backward()
+    grad = inst.mask_head_params.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_training_counts_iterations_and_warms_up_pairwise_loss():
     head = DynamicMaskHead(in_channels=2, channels=2, num_layers=2, mask_out_stride=8,
                            sizes_of_interest=[64, 128, 256, 512], boxinst_enabled=True,

@@ -66,8 +66,10 @@ class DynamicMaskHead(nn.Module):
     def __init__(self, *, in_channels: int, channels: int, num_layers: int, mask_out_stride: int,
                  sizes_of_interest: Sequence[int], disable_rel_coords: bool = False,
                  boxinst_enabled: bool = False, pairwise_size: int = 3, pairwise_dilation: int = 2,
-                 pairwise_color_thresh: float = 0.3, pairwise_warmup_iters: int = 10000):
+                 pairwise_color_thresh: float = 0.3, pairwise_warmup_iters: int = 10000,
+                 use_fp16: bool = False):
         super().__init__()
+        self.use_fp16 = use_fp16
         self.in_channels = in_channels
         self.channels = channels
         self.mask_out_stride = mask_out_stride
@@ -103,6 +105,7 @@ class DynamicMaskHead(nn.Module):
             "pairwise_dilation": pairwise.DILATION,
             "pairwise_color_thresh": pairwise.COLOR_THRESH,
             "pairwise_warmup_iters": pairwise.WARMUP_ITERS,
+            "use_fp16": head.USE_FP16,
         }
 
     def mask_logits(self, mask_feats: torch.Tensor, mask_feat_stride: int, instances: Instances) -> torch.Tensor:
@@ -116,17 +119,30 @@ class DynamicMaskHead(nn.Module):
             coords = relative_coords(instances.locations, pixels, scales).to(mask_feats.dtype)
             inputs = torch.cat([coords, inputs], dim=1)
         weights, biases = parse_dynamic_params(instances.mask_head_params, self.weight_nums, self.bias_nums)
-        # All instances at once: one grouped 1x1 conv per layer, a group per instance.
-        x = inputs.reshape(1, -1, h, w)
-        for layer, (weight, bias) in enumerate(zip(weights, biases)):
-            x = F.conv2d(x, weight, bias=bias, groups=n_inst)
-            if layer < len(weights) - 1:
-                x = F.relu(x)
-        x = x.reshape(n_inst, 1, h, w)
+        with self._half_precision(inputs.device):
+            x = self._dynamic_convs(inputs.reshape(1, -1, h, w), weights, biases, n_inst)
+        # Losses and up-sampling stay in float32 whatever the convs ran in.
+        x = x.float().reshape(n_inst, 1, h, w)
         if mask_feat_stride < self.mask_out_stride or mask_feat_stride % self.mask_out_stride:
             raise ValueError(f"mask features stride {mask_feat_stride} is not a multiple of "
                              f"MODEL.CONDINST.MASK_OUT_STRIDE {self.mask_out_stride}")
         return aligned_bilinear(x, mask_feat_stride // self.mask_out_stride)
+
+    @staticmethod
+    def _dynamic_convs(x, weights, biases, n_inst):
+        """All instances at once: one grouped 1x1 conv per layer, a group per instance."""
+        for layer, (weight, bias) in enumerate(zip(weights, biases)):
+            x = F.conv2d(x, weight, bias=bias, groups=n_inst)
+            if layer < len(weights) - 1:
+                x = F.relu(x)
+        return x
+
+    def _half_precision(self, device: torch.device):
+        """MASK_HEAD.USE_FP16: the dynamic convs (the head's bulk of memory: one map per
+        instance) under autocast, float16 on GPUs, bfloat16 on CPUs (CPU float16 conv is
+        slow or missing). A no-op context when disabled."""
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=self.use_fp16)
 
     def forward(self, mask_feats: torch.Tensor, mask_feat_stride: int, instances: Instances,
                 gt_instances: Optional[List[Instances]] = None):
