@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_sem_seg_head
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
-from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..one_stage_detector import OneStageDetector
@@ -72,15 +72,24 @@ class BlendMask(OneStageDetector):
         maps = [x[key].to(self.device) for x in batched_inputs]
         return ImageList.from_tensors(maps, self.backbone.size_divisibility, pad_value).tensor
 
+    def _semantic(self, batched_inputs: List[Dict], features: Dict[str, torch.Tensor]):
+        """The panoptic module's stuff logits (inference) or its loss against the padded
+        "sem_seg" targets (training: 0 = things, 1.. = stuff, ignore value elsewhere)."""
+        gt_sem = None
+        if self.training:
+            gt_sem = self._padded_targets(batched_inputs, "sem_seg", self.panoptic_module.ignore_value)
+            if gt_sem is None:
+                raise ValueError("MODEL.PANOPTIC_FPN.COMBINE.ENABLED needs 'sem_seg' in every training "
+                                 "input: train on a panoptic 'separated' data set (sem_seg_file_name)")
+        return self.panoptic_module(features, gt_sem)
+
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         losses = {}
         sem_seg_results = None
         if self.combine_on:
-            gt_sem = self._padded_targets(batched_inputs, "sem_seg", self.panoptic_module.ignore_value) \
-                if self.training else None
-            sem_seg_results, sem_seg_losses = self.panoptic_module(features, gt_sem)
+            sem_seg_results, sem_seg_losses = self._semantic(batched_inputs, features)
             losses.update(sem_seg_losses)
 
         basis_sem = self._padded_targets(batched_inputs, "basis_sem", 0) if self.training else None
@@ -102,11 +111,18 @@ class BlendMask(OneStageDetector):
         detections = self.blender.predict(bases, detections)
         results = self.postprocess(detections, batched_inputs, images.image_sizes)
         if self.combine_on:
-            for i, (result, inputs, size) in enumerate(zip(results, batched_inputs, images.image_sizes)):
-                height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
-                sem_seg = sem_seg_postprocess(sem_seg_results[i], size, height, width)
-                result["sem_seg"] = sem_seg
-                result["panoptic_seg"] = combine_semantic_and_instance_outputs(
-                    result["instances"], sem_seg.argmax(dim=0), self.combine_overlap_threshold,
-                    self.combine_stuff_area_limit, self.combine_instances_confidence_threshold)
+            self._add_panoptic(results, sem_seg_results, batched_inputs, images.image_sizes)
         return results
+
+    def _add_panoptic(self, results: List[Dict], sem_seg_results: torch.Tensor,
+                      batched_inputs: List[Dict], image_sizes) -> None:
+        """Add "sem_seg" (stuff logits at the output size) and "panoptic_seg" (Detectron2's
+        `combine_semantic_and_instance_outputs` of the instances and the stuff argmax:
+        ``(segment ids, segments_info)``) to each image's result, as PanopticFPN does."""
+        for i, (result, inputs, size) in enumerate(zip(results, batched_inputs, image_sizes)):
+            height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
+            sem_seg = sem_seg_postprocess(sem_seg_results[i], size, height, width)
+            result["sem_seg"] = sem_seg
+            result["panoptic_seg"] = combine_semantic_and_instance_outputs(
+                result["instances"], sem_seg.argmax(dim=0), self.combine_overlap_threshold,
+                self.combine_stuff_area_limit, self.combine_instances_confidence_threshold)
