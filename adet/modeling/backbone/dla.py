@@ -3,7 +3,9 @@
 Module and parameter names follow the original DLA implementation (``base_layer.0``,
 ``level0``..``level5``, ``tree1``/``tree2``, ``root.conv``/``root.bn``, ``project.0/1``),
 so its ImageNet checkpoints load once ``backbone.bottom_up.`` is prefixed and the
-classifier (``fc.*``) dropped; see `convert_dla_imagenet_state_dict`.
+classifier (``fc.*``) dropped; see `convert_dla_imagenet_state_dict`. adet's checkpointer
+does the same by itself when ``MODEL.WEIGHTS`` is such a file (as the DLA configs' is,
+``dla34-ba72cf86.pth``): see ``RENAMES`` in `adet.checkpoint.convert`.
 
 Structure of a tree (``levels`` deep, ``in_ch`` -> ``out_ch``, ``stride``):
   * ``downsample``: max-pool by ``stride`` (only if stride > 1);

