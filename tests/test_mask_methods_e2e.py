@@ -84,6 +84,23 @@ METHODS = {
         "MODEL.SOLOV2.SCORE_THR": 0.0,  # an untrained model scores low
         "MODEL.SOLOV2.UPDATE_THR": 0.0,
     }),
+    "SOLO": ("configs/SOLO/R50_3x.yaml", {  # greedy mask NMS (the config's NMS_TYPE)
+        "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.SOLOV2.INSTANCE_IN_CHANNELS": 32,
+        "MODEL.SOLOV2.INSTANCE_CHANNELS": 32,
+        "MODEL.SOLOV2.NUM_INSTANCE_CONVS": 1,
+        "MODEL.SOLOV2.SCORE_THR": 0.0,  # an untrained model scores low
+    }),
+    "DecoupledSOLO": ("configs/SOLO/Decoupled_R50_3x.yaml", {
+        "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.SOLOV2.INSTANCE_IN_CHANNELS": 32,
+        "MODEL.SOLOV2.INSTANCE_CHANNELS": 32,
+        "MODEL.SOLOV2.NUM_INSTANCE_CONVS": 1,
+        "MODEL.SOLOV2.SCORE_THR": 0.0,  # an untrained model scores low
+        "MODEL.SOLOV2.MASK_THR": 0.25,  # and its masks are products of two ~0.5 probabilities
+        "MODEL.SOLOV2.NMS_TYPE": "matrix",
+        "MODEL.SOLOV2.UPDATE_THR": 0.0,
+    }),
     "SparseInst": ("configs/SparseInst/sparse_inst_r50_giam.yaml", {
         "MODEL.SPARSE_INST.ENCODER.NUM_CHANNELS": 32,
         "MODEL.SPARSE_INST.DECODER.NUM_MASKS": 20,

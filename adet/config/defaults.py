@@ -38,6 +38,8 @@ ADET_ONLY_KEYS = (
     "MODEL.EFFICIENTNET.FREEZE_AT",
     "MODEL.EFFICIENTNET.PRETRAINED",
     "MODEL.EFFICIENTNET.DROP_PATH_RATE",
+    "MODEL.SOLO.MASK_TYPE",
+    "MODEL.SOLO.NMS_IOU_THR",
 )
 
 # SparseInst's own ``add_sparse_inst_config`` also changes one key that Detectron2
@@ -269,6 +271,14 @@ def _add_solov2_config(cfg):
     loss.DICE_WEIGHT = 3.0
 
 
+def _add_solo_config(cfg):
+    """adet-only: the SOLO family's keys AdelaiDet lacks. MODEL.SOLOV2 configures SOLO and
+    Decoupled SOLO too (meta-architecture "SOLO"); these keys add what SOLOv2 has not."""
+    solo = _node(cfg, "MODEL.SOLO")
+    solo.MASK_TYPE = "vanilla"  # meta-architecture "SOLO": "vanilla" (S^2 mask channels) or "decoupled" (S + S)
+    solo.NMS_IOU_THR = 0.5  # MODEL.SOLOV2.NMS_TYPE "mask": greedy mask NMS drops masks above this IoU
+
+
 def _add_sparseinst_config(cfg):
     """SparseInst's keys (its toolbox adds them on top of Detectron2's defaults).
 
@@ -467,6 +477,7 @@ def add_adet_config(cfg):
     _add_blendmask_config(cfg)
     _add_condinst_config(cfg)
     _add_solov2_config(cfg)
+    _add_solo_config(cfg)
     _add_sparseinst_config(cfg)
     _add_unported_adelaidet_config(cfg)
     _add_efficientnet_config(cfg)

@@ -4,7 +4,7 @@ from .fcos import FCOS
 from .condinst import CondInst  # noqa: F401  (registers the meta-architecture)
 from .one_stage_detector import OneStageDetector
 from .blendmask import BlendMask  # noqa: F401  (registers the meta-architecture)
-from .solov2 import SOLOv2  # noqa: F401  (registers the meta-architecture)
+from .solov2 import SOLO, SOLOv2  # noqa: F401  (registers the meta-architectures)
 from .sparseinst import SparseInst  # noqa: F401  (registers the meta-architecture)
 
 __all__ = ["build_fcos_resnet_fpn_backbone", "FCOS", "OneStageDetector"]

@@ -1,5 +1,6 @@
-"""SOLOv2 inference: point NMS on the category grids, candidate (cell, class) pairs, mask
-scoring, Matrix NMS, masks at the output size.
+"""Inference of the SOLO family: point NMS on the category grids, candidate (cell, class)
+pairs, mask scoring, Matrix NMS (or greedy mask NMS), masks at the output size. The mask part
+of each variant only supplies the masks of given cells (a ``cell_probs`` callable).
 
 Memory: the candidates above SCORE_THR can number tens of thousands, and a mask per
 candidate would take gigabytes. Every quantity needed to rank them (mask area, maskness)
@@ -7,16 +8,19 @@ depends only on the cell, so it is computed once per cell, in chunks; only the N
 best candidates get a mask. The result equals the reference's, which materialises all.
 """
 import math
-from typing import Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from detectron2.structures import Boxes, Instances
 
-from adet.layers import matrix_nms
+from adet.layers import mask_nms, matrix_nms
 
-from .loss import dynamic_masks
+NMS_TYPES = ("matrix", "mask")
+
+# (n,) flat cell indices over all levels -> (n, Hf, Wf) mask probabilities at 1/4 scale.
+CellProbs = Callable[[torch.Tensor], torch.Tensor]
 
 
 def point_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
@@ -26,16 +30,31 @@ def point_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
     return heat * keep
 
 
-def _cell_mask_stats(mask_features: torch.Tensor, kernels: torch.Tensor, mask_thr: float, chunk: int):
-    """Per kernel: foreground area (float) and maskness (mean probability on the foreground)."""
+def _cell_mask_stats(cell_probs: CellProbs, cells: torch.Tensor, mask_thr: float, chunk: int):
+    """Per cell: foreground area (float) and maskness (mean probability on the foreground)."""
     areas, maskness = [], []
-    for start in range(0, kernels.shape[0], chunk):
-        probs = dynamic_masks(mask_features, kernels[start:start + chunk]).sigmoid()
+    for start in range(0, cells.shape[0], chunk):
+        probs = cell_probs(cells[start:start + chunk])
         masks = probs > mask_thr
         area = masks.sum((1, 2)).float()
         areas.append(area)
         maskness.append((probs * masks.float()).sum((1, 2)) / area)
     return torch.cat(areas), torch.cat(maskness)
+
+
+def suppress_duplicates(labels: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor, *, nms_type: str,
+                        update_thr: float, nms_kernel: str, nms_sigma: float, nms_iou: float):
+    """(keep (N,) bool, scores) for N masks in descending score order. "matrix": Matrix NMS
+    decays the scores, which must stay >= update_thr; "mask": greedy mask NMS at IoU
+    ``nms_iou``, scores unchanged."""
+    if nms_type == "matrix":
+        scores = matrix_nms(labels, masks, masks.sum((1, 2)).float(), scores, sigma=nms_sigma, kernel=nms_kernel)
+        return scores >= update_thr, scores
+    if nms_type == "mask":
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        keep[mask_nms(masks, scores, labels, nms_iou)] = True
+        return keep, scores
+    raise ValueError(f"unknown NMS type {nms_type!r} (one of {NMS_TYPES})")
 
 
 def _empty(out_size: Tuple[int, int], device) -> Instances:
@@ -47,15 +66,18 @@ def _empty(out_size: Tuple[int, int], device) -> Instances:
     return result
 
 
-def inference_single_image(cate_scores: torch.Tensor, kernels: torch.Tensor, cell_strides: torch.Tensor,
-                           mask_features: torch.Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int], *,
+def inference_single_image(cate_scores: torch.Tensor, cell_probs: CellProbs, cell_strides: torch.Tensor,
+                           mask_size: Tuple[int, int], image_size: Tuple[int, int], out_size: Tuple[int, int], *,
                            score_thr: float, mask_thr: float, update_thr: float, nms_pre: int, max_per_img: int,
-                           nms_kernel: str, nms_sigma: float, chunk: int = 1024) -> Instances:
+                           nms_type: str = "matrix", nms_kernel: str = "gaussian", nms_sigma: float = 2.0,
+                           nms_iou: float = 0.5, chunk: int = 1024) -> Instances:
     """One image. cate_scores: (L, C) after sigmoid and point NMS, all levels' cells in
-    order; kernels: (L, E); cell_strides: (L,) the stride of each cell's level (a mask must
-    be larger than it); mask_features: (1, E, Hf, Wf)."""
+    order; cell_probs: the mask probabilities of given cells, (Hf, Wf) = ``mask_size`` each;
+    cell_strides: (L,) the stride of each cell's level (a mask must be larger than it).
+    nms_type "matrix": Matrix NMS (nms_kernel, nms_sigma), then scores >= update_thr;
+    "mask": greedy mask NMS at IoU ``nms_iou``, scores unchanged."""
     h, w = image_size
-    f_h, f_w = mask_features.shape[-2:]
+    f_h, f_w = mask_size
     device = cate_scores.device
 
     candidates = cate_scores > score_thr
@@ -68,7 +90,7 @@ def inference_single_image(cate_scores: torch.Tensor, kernels: torch.Tensor, cel
     used = candidates.any(dim=1).nonzero().squeeze(1)
     area = cate_scores.new_zeros(cate_scores.shape[0])
     maskness = cate_scores.new_zeros(cate_scores.shape[0])
-    area[used], maskness[used] = _cell_mask_stats(mask_features, kernels[used], mask_thr, chunk)
+    area[used], maskness[used] = _cell_mask_stats(cell_probs, used, mask_thr, chunk)
     keep = area[cells] > cell_strides[cells]
     if not keep.any():
         return _empty(out_size, device)
@@ -81,10 +103,9 @@ def inference_single_image(cate_scores: torch.Tensor, kernels: torch.Tensor, cel
     order = torch.argsort(scores, descending=True)
     cells, labels, scores = cells[order], labels[order], scores[order]
 
-    probs = dynamic_masks(mask_features, kernels[cells]).sigmoid()
-    masks = probs > mask_thr
-    scores = matrix_nms(labels, masks, masks.sum((1, 2)).float(), scores, sigma=nms_sigma, kernel=nms_kernel)
-    keep = scores >= update_thr
+    probs = cell_probs(cells)
+    keep, scores = suppress_duplicates(labels, probs > mask_thr, scores, nms_type=nms_type, update_thr=update_thr,
+                                       nms_kernel=nms_kernel, nms_sigma=nms_sigma, nms_iou=nms_iou)
     if not keep.any():
         return _empty(out_size, device)
     probs, scores, labels = probs[keep], scores[keep], labels[keep]
