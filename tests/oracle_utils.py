@@ -49,9 +49,12 @@ def oracle(model_name: str, file_name: str):
 
 
 def load_reference_weights(model, model_name: str):
-    """Load the deterministic weights strictly: every key and shape must match."""
+    """Load the deterministic weights strictly, through adet's conversion table for
+    reference checkpoints: every key and shape must match."""
+    from adet.checkpoint import convert_state_dict
+
     state = load_refweights().state_dict_for(schema(model_name))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(convert_state_dict(state, model_keys=model.state_dict().keys()), strict=True)
     return model
 
 

@@ -155,6 +155,25 @@ def test_gradients_flow_to_every_input():
     )
 
 
+@pytest.mark.parametrize("modulated", [False, True])
+def test_runs_in_float32_under_cpu_autocast(modulated):
+    """SOLVER.AMP on the CPU (bfloat16 autocast): the op computes in float32, equal to the
+    float32 result, and gradients reach the bfloat16 producer of its input."""
+    torch.manual_seed(5)
+    conv = (ModulatedDeformConv if modulated else DeformConv)(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 7, 7)
+    offset = torch.rand(2, 18, 7, 7) * 2 - 1
+    extra = (torch.rand(2, 9, 7, 7),) if modulated else ()
+    reference = conv(x, offset, *extra)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x, offset, *extra)
+        half_x = x.to(torch.bfloat16).requires_grad_()
+        out_from_half = conv(half_x, offset, *extra)
+    assert out.dtype == torch.float32 and torch.allclose(out, reference, atol=1e-5)
+    out_from_half.sum().backward()
+    assert half_x.grad is not None and torch.isfinite(half_x.grad.float()).all()
+
+
 def test_empty_input_gives_empty_output_of_the_right_shape():
     conv = DeformConv(4, 6, 3, stride=2, padding=1)
     out = conv(torch.zeros(0, 4, 9, 9), torch.zeros(0, 18, 5, 5))

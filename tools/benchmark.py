@@ -6,7 +6,10 @@ Training: seconds per iteration (forward, backward, SGD step; median).
 Both models see the same real images (../shared/data/coco_tiny) resized to the same
 short side, and carry the reference schemas' deterministic weights when available,
 so that post-processing sees a realistic number of candidates. Prints a table with
-ratios (ours / baseline: below 1 is faster). Not a test: timings depend on the machine.
+ratios (ours / baseline: below 1 is faster) and, for the meta-architectures in STAGES
+(SparseInst, Mask R-CNN), the median time of each inference stage with post-processing's
+share of the total (measured in separate runs, by forward hooks on the stage modules).
+Not a test: timings depend on the machine.
 
     python tools/benchmark.py --config-file configs/FCOS-Detection/R_50_1x.yaml
     python tools/benchmark.py --config-file ... --device cuda --size 800 --runs 50
@@ -74,6 +77,7 @@ def reference_state_dict(schema_name):
 def guess_schema(config_file):
     stem = Path(config_file).stem
     method = Path(config_file).parent.name.split("-")[0].lower()
+    stem = stem.removeprefix("sparse_inst_")  # SparseInst/sparse_inst_r50_giam -> sparseinst_r50_giam
     return f"{method}_{stem}"
 
 
@@ -134,12 +138,92 @@ def time_training(model, inputs, iters, batch_size, device):
     return statistics.median(times)
 
 
+# Sub-modules whose forward passes split one inference into stages, by meta-architecture.
+# What runs before the first is "preprocess" (normalise, pad); what runs after the last
+# is "postprocess": for SparseInst, scoring, thresholding, mask rescoring, upsampling and
+# binarising; for Mask R-CNN, pasting the masks into the image (its box NMS and mask
+# head run inside roi_heads).
+STAGES = {
+    "SparseInst": ("backbone", "encoder", "decoder"),
+    "GeneralizedRCNN": ("backbone", "proposal_generator", "roi_heads"),
+}
+
+
+def _stage_marks(model, names, device):
+    """Forward hooks that record when each stage starts and ends: (marks dict, handles)."""
+    marks = {}
+
+    def mark(key):
+        def hook(*_):
+            synchronize(device)
+            marks[key] = time.perf_counter()
+        return hook
+
+    handles = []
+    for name in names:
+        module = getattr(model, name)
+        handles += [module.register_forward_pre_hook(mark(f"{name}:start")),
+                    module.register_forward_hook(mark(f"{name}:end"))]
+    return marks, handles
+
+
+def _split(marks, names, start, end):
+    """Seconds per stage of one inference from the hooks' time marks."""
+    parts = {"preprocess": marks[f"{names[0]}:start"] - start}
+    parts.update({n: marks[f"{n}:end"] - marks[f"{n}:start"] for n in names})
+    parts["postprocess"] = end - marks[f"{names[-1]}:end"]
+    parts["total"] = end - start
+    return parts
+
+
+def time_inference_stages(model, inputs, warmup, runs, device):
+    """Median ms of each inference stage (see STAGES) and of the whole call, one image
+    per call; None for a meta-architecture without a STAGES entry."""
+    names = STAGES.get(type(model).__name__)
+    if names is None:
+        return None
+    marks, handles = _stage_marks(model, names, device)
+    model.eval()
+    samples = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + runs):
+                synchronize(device)
+                start = time.perf_counter()
+                model([inputs[i % len(inputs)]])
+                synchronize(device)
+                if i >= warmup:
+                    samples.append(_split(marks, names, start, time.perf_counter()))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: 1000 * statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+def stage_report(rows):
+    """Table of the inference stages and of the post-processing share of the total."""
+    table = []
+    for r in rows:
+        stages = r.get("stages_ms")
+        if stages:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k not in ("postprocess", "total"))
+            table.append([r["model"], parts, f"{stages['postprocess']:.1f}", f"{stages['total']:.1f}",
+                          f"{100 * r['postprocess_share']:.1f}%"])
+    headers = ["model", "stages (ms)", "post-process ms", "total ms", "post-process share"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else ""
+
+
 def measure(name, cfg, schema_name, args):
     model, deterministic = make_model(cfg, schema_name)
     row = {"model": name, "weights": "reference (deterministic)" if deterministic else "random init"}
     print(f"[benchmark] {name}: inference x{args.runs} ...", flush=True)
     row["infer_ms"] = 1000 * time_inference(model, batches(cfg, args.size, args.max_size, False),
                                             args.warmup, args.runs, args.device)
+    stages = time_inference_stages(model, batches(cfg, args.size, args.max_size, False),
+                                   args.warmup, args.runs, args.device)
+    if stages is not None:  # separate runs: the hooks' synchronisations would slow infer_ms
+        row["stages_ms"] = stages
+        row["postprocess_share"] = stages["postprocess"] / stages["total"]
     if args.train_iters > 0:
         print(f"[benchmark] {name}: training x{args.train_iters} ...", flush=True)
         row["train_s_per_iter"] = time_training(model, batches(cfg, args.size, args.max_size, True),
@@ -172,6 +256,8 @@ def main(argv=None):
     print(f"\ndevice={args.device} threads={torch.get_num_threads()} size={args.size} "
           f"batch={args.batch_size} runs={args.runs} train_iters={args.train_iters}")
     print(report(rows))
+    print("\ninference stages (median ms; post-process share = post-process / total)")
+    print(stage_report(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return rows

@@ -27,7 +27,7 @@ from detectron2.engine import default_argument_parser, default_setup  # noqa: E4
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from adet.checkpoint import AtomicCheckpointer  # noqa: E402
+from adet.checkpoint import AdetCheckpointer  # noqa: E402
 from adet.config import get_cfg  # noqa: E402
 from adet.data import register_coco_dataset  # noqa: E402
 from adet.engine import Trainer, launch  # noqa: E402
@@ -65,7 +65,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AdetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

@@ -121,10 +121,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except FileNotFoundError:
             raise
+        except CheckpointLoadError:
+            raise
         except Exception as e:
-            size = os.path.getsize(filename) if os.path.isfile(filename) else "?"
-            raise CheckpointLoadError(
-                f"Cannot read checkpoint '{filename}' ({size} bytes): the file is truncated, "
-                f"corrupted or not a checkpoint ({type(e).__name__}: {e}). Delete it, or point "
-                f"'last_checkpoint' / MODEL.WEIGHTS to another file."
-            ) from e
+            raise unreadable_checkpoint(filename, e) from e
+
+
+def unreadable_checkpoint(filename: str, error: Exception) -> CheckpointLoadError:
+    """The `CheckpointLoadError` for a file that exists but could not be read."""
+    size = os.path.getsize(filename) if os.path.isfile(filename) else "?"
+    return CheckpointLoadError(
+        f"Cannot read checkpoint '{filename}' ({size} bytes): the file is truncated, "
+        f"corrupted or not a checkpoint ({type(error).__name__}: {error}). Delete it, or point "
+        f"'last_checkpoint' / MODEL.WEIGHTS to another file."
+    )

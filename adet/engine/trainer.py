@@ -9,20 +9,20 @@ import weakref
 
 import torch
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.solver.build import maybe_add_gradient_clipping
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from adet.checkpoint import AtomicCheckpointer
+from adet.checkpoint import AdetCheckpointer
 from adet.data.builtin import check_dataset_available
 from adet.data.dataset_mapper import DatasetMapper
-from adet.evaluation import COCOResultsWriter
+from adet.evaluation import COCOPanopticPQEvaluator, COCOResultsWriter
 
-__all__ = ["Trainer", "check_datasets", "import_adet_modeling"]
+__all__ = ["Trainer", "TrainingAutocast", "build_amp_trainer", "check_datasets", "import_adet_modeling"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +77,44 @@ def _ddp(model):
     return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
+class TrainingAutocast(torch.nn.Module):
+    """Runs the wrapped model's training forward (losses included) under
+    ``torch.autocast(device_type, dtype)``; inference (eval mode) runs as is. The backward
+    pass and the optimizer step stay outside autocast, as PyTorch recommends."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.training):
+            return self.model(*args, **kwargs)
+
+
+def build_amp_trainer(cfg, model, data_loader, optimizer) -> TrainerBase:
+    """SOLVER.AMP.ENABLED. CUDA: Detectron2's `AMPTrainer` (float16 autocast, gradient
+    scaling). CPU, where `AMPTrainer` cannot run: `SimpleTrainer` on `TrainingAutocast`
+    with bfloat16, which has float32's exponent range and so needs no gradient scaling."""
+    device = torch.device(cfg.MODEL.DEVICE).type
+    if device == "cuda":
+        return AMPTrainer(model, data_loader, optimizer)
+    if device == "cpu":
+        return SimpleTrainer(TrainingAutocast(model, "cpu", torch.bfloat16), data_loader, optimizer)
+    raise ValueError(f"SOLVER.AMP.ENABLED: mixed-precision training runs on MODEL.DEVICE 'cuda' "
+                     f"(float16) or 'cpu' (bfloat16), not {cfg.MODEL.DEVICE!r}")
+
+
 class Trainer(DefaultTrainer):
     """`DefaultTrainer` for adet models.
 
     Differences: data sets are checked before anything is built; adet's `DatasetMapper`;
     COCO evaluation (bbox, + segm with MASK_ON) with the official COCO API, or a result
-    file for the COCO server on ``*test-dev*`` sets; `AtomicCheckpointer`; DDP on CPU
-    (gloo); a NaN/Inf loss stops training with the iteration, the losses and the last
-    good checkpoint in the message.
+    file for the COCO server on ``*test-dev*`` sets, + PQ and stuff mIoU on panoptic
+    sets; `AdetCheckpointer` (atomic saves, URL weights, fine-tuning with another number
+    of classes); DDP on CPU (gloo); a NaN/Inf loss stops training with the iteration,
+    the losses and the last good checkpoint in the message.
     """
 
     def __init__(self, cfg):
@@ -100,11 +130,13 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = _ddp(model)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = build_amp_trainer(cfg, model, data_loader, optimizer)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AdetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -161,9 +193,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCO box (+ mask) AP; on panoptic data sets (evaluator_type
+        "coco_panoptic_seg", e.g. coco_2017_val_panoptic_separated) also PQ
+        (`COCOPanopticPQEvaluator`) and the stuff segmentation (SemSegEvaluator)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         evaluator_cls = COCOResultsWriter if "test-dev" in dataset_name else COCOEvaluator
-        return evaluator_cls(dataset_name, tasks=tasks, output_dir=output_folder,
-                             use_fast_impl=False)
+        coco = evaluator_cls(dataset_name, tasks=tasks, output_dir=output_folder, use_fast_impl=False)
+        if getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) != "coco_panoptic_seg":
+            return coco
+        return DatasetEvaluators([
+            COCOPanopticPQEvaluator(dataset_name, output_folder),
+            coco,
+            SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder),
+        ])

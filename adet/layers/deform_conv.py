@@ -44,6 +44,17 @@ def _use_compiled(*tensors: Optional[torch.Tensor]) -> bool:
     return ("cuda" if tensors[0].is_cuda else "cpu") in _compiled_backends()
 
 
+def _needs_float32(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
+    """Under autocast, or with float16/bfloat16 inputs (e.g. SOLVER.AMP on the CPU)."""
+    half = (torch.float16, torch.bfloat16)
+    return torch.is_autocast_enabled(x.device.type) or any(
+        t is not None and t.dtype in half for t in (x, *others))
+
+
+def _float32(*tensors: Optional[torch.Tensor]):
+    return tuple(t.float() if t is not None else None for t in tensors)
+
+
 def deform_conv2d(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -56,6 +67,12 @@ def deform_conv2d(
 ) -> torch.Tensor:
     """(Modulated) deformable convolution. Convolution groups are ``C_in // weight.shape[1]``
     and deformable groups ``offset.shape[1] // (2 * kh * kw)``, as in torchvision."""
+    if _needs_float32(x, offset, weight, mask):
+        # Neither torchvision's CPU kernel nor ours has half types; like other precision-
+        # sensitive ops under autocast, run in float32 and return float32.
+        with torch.autocast(x.device.type, enabled=False):
+            return deform_conv2d(*_float32(x, offset, weight, bias), stride, padding, dilation,
+                                 *_float32(mask))
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     if x.numel() == 0:
         out_hw = [

@@ -46,6 +46,11 @@ def matched_target_index(indices: Indices, sizes: Sequence[int]) -> torch.Tensor
 
 @SPARSE_INST_CRITERION_REGISTRY.register()
 class SparseInstCriterion(nn.Module):
+    """SparseInst's losses on the matcher's pairs, weighted: focal class loss, dice and
+    pixel BCE of the masks, BCE objectness against the matched masks' IoU. Everything runs
+    in float32 with autocast off (under AMP the outputs are cast up; gradients flow back
+    to the half-precision model)."""
+
     LOSS_NAMES = ("loss_ce", "loss_mask", "loss_dice", "loss_objectness")
 
     @configurable
@@ -106,6 +111,13 @@ class SparseInstCriterion(nn.Module):
         }
 
     def forward(self, outputs: Dict[str, torch.Tensor], targets: List[Dict], input_shape) -> Dict[str, torch.Tensor]:
+        device = outputs["pred_logits"].device
+        with torch.autocast(device.type, enabled=False):
+            outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+            return self.losses(outputs, targets, input_shape)
+
+    def losses(self, outputs: Dict[str, torch.Tensor], targets: List[Dict], input_shape) -> Dict[str, torch.Tensor]:
+        """The weighted losses of float32 ``outputs``."""
         indices = self.matcher(outputs, targets, input_shape)
         device = outputs["pred_logits"].device
         indices = [(src.to(device), tgt.to(device)) for src, tgt in indices]
