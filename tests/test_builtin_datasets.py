@@ -19,6 +19,7 @@ from adet.data import (
     register_synthetic,
     shared_data_root,
 )
+from adet.data.builtin import FRUITS_NUTS_VAL_IMAGE_IDS, fruits_nuts_split, register_fruits_nuts_splits
 from adet.data.synthetic import SHAPE_CLASSES
 
 SMALL = dict(num_train=6, num_val=4, image_size=((80, 96), (80, 96)), max_instances=4)
@@ -75,19 +76,29 @@ def test_coco_evaluator_on_synthetic(tmp_path, names):
     names += register_synthetic("t_eval", root=tmp_path / "ev", **SMALL)
     dicts = DatasetCatalog.get("t_eval_val")
     evaluator = COCOEvaluator("t_eval_val", tasks=("bbox", "segm"), distributed=False, use_fast_impl=False)
+    results = _evaluate_ground_truth_as_predictions(evaluator, dicts)
+    assert results["bbox"]["AP"] > 99 and results["segm"]["AP"] > 99
+
+
+def _ground_truth_as_instances(d):
+    """The annotations of dataset dict ``d`` as predicted `Instances` (score 1)."""
+    h, w = d["height"], d["width"]
+    inst = Instances((h, w))
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]]
+    inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.scores = torch.ones(len(boxes))
+    inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
+    polys = PolygonMasks([a["segmentation"] for a in d["annotations"]])
+    inst.pred_masks = torch.from_numpy(np.stack([polygons_to_bitmask(p, h, w) for p in polys.polygons]))
+    return inst
+
+
+def _evaluate_ground_truth_as_predictions(evaluator, dicts):
+    """Run ``evaluator`` on the ground truth of ``dicts`` fed back as predictions."""
     evaluator.reset()
     for d in dicts:
-        h, w = d["height"], d["width"]
-        inst = Instances((h, w))
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]]
-        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-        inst.scores = torch.ones(len(boxes))
-        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
-        polys = PolygonMasks([a["segmentation"] for a in d["annotations"]])
-        inst.pred_masks = torch.from_numpy(np.stack([polygons_to_bitmask(p, h, w) for p in polys.polygons]))
-        evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
-    results = evaluator.evaluate()
-    assert results["bbox"]["AP"] > 99 and results["segm"]["AP"] > 99
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": _ground_truth_as_instances(d)}])
+    return evaluator.evaluate()
 
 
 def test_register_coco_dataset(tmp_path, names):
@@ -165,3 +176,57 @@ def test_coco_tiny_registered():
     if (root / "fruits_nuts").is_dir():
         dicts = DatasetCatalog.get("fruits_nuts")
         assert len(dicts) == 18 and MetadataCatalog.get("fruits_nuts").thing_classes == ["date", "fig", "hazelnut"]
+
+
+def _fruits_nuts_files():
+    """(json_file, image_root) of the shared fruits_nuts set; skip where it is absent."""
+    root = shared_data_root() / "fruits_nuts"
+    if not root.is_dir():
+        pytest.skip(f"no shared data at {root}")
+    return root / "trainval.json", root / "images"
+
+
+def test_fruits_nuts_split_is_fixed_disjoint_and_complete(names):
+    json_file, image_root = _fruits_nuts_files()
+    names += register_fruits_nuts_splits(json_file, image_root, name_prefix="t_fn")
+    assert names == ["t_fn_train", "t_fn_val"]
+    raw = json.loads(json_file.read_text())
+    train, val = DatasetCatalog.get("t_fn_train"), DatasetCatalog.get("t_fn_val")
+    train_ids, val_ids = [d["image_id"] for d in train], [d["image_id"] for d in val]
+    assert len(train_ids) == 14 and len(val_ids) == 4
+    assert sorted(val_ids) == sorted(FRUITS_NUTS_VAL_IMAGE_IDS) == [2, 6, 10, 14]
+    assert not set(train_ids) & set(val_ids)
+    assert set(train_ids) | set(val_ids) == {im["id"] for im in raw["images"]}
+    assert sorted(os.path.basename(d["file_name"]) for d in val) == ["10.jpg", "14.jpg", "2.jpg", "6.jpg"]
+    # Deterministic: the same images again, and the same as the builtin fruits_nuts_val.
+    assert [d["image_id"] for d in DatasetCatalog.get("t_fn_val")] == val_ids
+    assert [d["image_id"] for d in DatasetCatalog.get("fruits_nuts_val")] == val_ids
+    assert [d["image_id"] for d in DatasetCatalog.get("fruits_nuts_train")] == train_ids
+    # Every annotation of a held-out image is kept (32 of the 165), in all three classes.
+    per_image = {i: [a for a in raw["annotations"] if a["image_id"] == i] for i in val_ids}
+    for d in val:
+        assert sorted(a["bbox"] for a in d["annotations"]) == sorted(a["bbox"] for a in per_image[d["image_id"]])
+    assert sum(len(d["annotations"]) for d in val) == 32
+    assert sum(len(d["annotations"]) for d in train) == len(raw["annotations"]) - 32
+    assert {a["category_id"] for d in val for a in d["annotations"]} == {0, 1, 2}
+    meta = MetadataCatalog.get("t_fn_val")
+    assert meta.thing_classes == ["date", "fig", "hazelnut"] and meta.evaluator_type == "coco"
+    assert not hasattr(meta, "json_file")  # so COCOEvaluator converts the split alone
+    assert register_fruits_nuts_splits(json_file, image_root, name_prefix="t_fn") == names  # no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_fruits_nuts_splits(json_file, image_root.parent, name_prefix="t_fn")
+    with pytest.raises(ValueError, match="split"):
+        fruits_nuts_split(train, "test")
+
+
+def test_fruits_nuts_val_coco_evaluator_has_only_the_held_out_images(tmp_path, names):
+    """COCOEvaluator writes the 4 val images' ground truth alone and scores it AP 100."""
+    names += register_fruits_nuts_splits(*_fruits_nuts_files(), name_prefix="t_fn_eval")
+    evaluator = COCOEvaluator("t_fn_eval_val", tasks=("bbox", "segm"), distributed=False,
+                              output_dir=str(tmp_path), use_fast_impl=False)
+    gt = json.loads((tmp_path / "t_fn_eval_val_coco_format.json").read_text())
+    assert sorted(im["id"] for im in gt["images"]) == [2, 6, 10, 14]
+    assert len(gt["annotations"]) == 32
+    assert [c["id"] for c in gt["categories"]] == [1, 2, 3]  # the json's own category ids
+    results = _evaluate_ground_truth_as_predictions(evaluator, DatasetCatalog.get("t_fn_eval_val"))
+    assert results["bbox"]["AP"] > 99 and results["segm"]["AP"] > 99

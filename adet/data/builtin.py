@@ -25,8 +25,17 @@ __all__ = [
     "check_dataset_available",
     "shared_data_root",
     "register_shared_datasets",
+    "register_fruits_nuts_splits",
+    "fruits_nuts_split",
+    "FRUITS_NUTS_VAL_IMAGE_IDS",
     "register_all",
 ]
+
+# The fixed held-out split of fruits_nuts (image ids of its trainval.json): every fourth id
+# from 2, i.e. files 10.jpg, 14.jpg, 2.jpg and 6.jpg, 32 of the 165 instances (13 date,
+# 7 fig, 12 hazelnut). The other 14 images are fruits_nuts_train.
+FRUITS_NUTS_VAL_IMAGE_IDS = (2, 6, 10, 14)
+FRUITS_NUTS_CLASSES = ("date", "fig", "hazelnut")
 
 # Metadata attributes that name files or folders a data set needs.
 _PATH_KEYS = ("json_file", "image_root", "panoptic_json", "panoptic_root", "sem_seg_root")
@@ -171,7 +180,9 @@ def shared_data_root():
 def register_shared_datasets(root=None):
     """Register the shared real data sets found under ``root`` (default
     :func:`shared_data_root`): ``coco_tiny_train`` / ``coco_tiny_val`` (80 COCO 2017
-    images each, all 80 classes) and ``fruits_nuts`` (18 images, 3 classes). Missing ones
+    images each, all 80 classes), ``fruits_nuts`` (18 images, 3 classes) and its fixed
+    split ``fruits_nuts_train`` / ``fruits_nuts_val`` (14 / 4 images, see
+    `register_fruits_nuts_splits`). Missing ones
     are skipped. The data is read in place, never copied.
 
     Returns:
@@ -189,10 +200,69 @@ def register_shared_datasets(root=None):
     if json_file.is_file() and image_root.is_dir():
         names.append(
             register_coco_dataset(
-                "fruits_nuts", json_file, image_root, thing_classes=["date", "fig", "hazelnut"]
+                "fruits_nuts", json_file, image_root, thing_classes=list(FRUITS_NUTS_CLASSES)
             )
         )
+        names += register_fruits_nuts_splits(json_file, image_root)
     return names
+
+
+def fruits_nuts_split(dicts, split):
+    """The ``split`` ("train" or "val") of fruits_nuts' dataset dicts: "val" keeps the images
+    whose ``image_id`` is in `FRUITS_NUTS_VAL_IMAGE_IDS`, "train" the others; each image
+    keeps all its annotations."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    want_val = split == "val"
+    return [d for d in dicts if (d["image_id"] in FRUITS_NUTS_VAL_IMAGE_IDS) == want_val]
+
+
+def register_fruits_nuts_splits(json_file, image_root, name_prefix="fruits_nuts"):
+    """Register ``<name_prefix>_train`` (14 images) and ``<name_prefix>_val`` (the 4 images
+    of `FRUITS_NUTS_VAL_IMAGE_IDS`): fruits_nuts' ``trainval.json`` loaded with Detectron2's
+    ``load_coco_json`` and filtered in memory (nothing is written next to the data).
+
+    The metadata has no ``json_file``, so Detectron2's COCOEvaluator writes the ground truth
+    of the split alone (``<output_dir>/<name>_coco_format.json``) and evaluates on it.
+    Registering the same names with the same ``image_root`` again is a no-op.
+
+    Returns:
+        the two registered names.
+    """
+    json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
+    names = []
+    for split in ("train", "val"):
+        name = f"{name_prefix}_{split}"
+        names.append(name)
+        if _split_already_registered(name, json_file, image_root):
+            continue
+
+        def load(name=name, split=split):
+            return fruits_nuts_split(load_coco_json(json_file, image_root, name), split)
+
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(
+            thing_classes=list(FRUITS_NUTS_CLASSES),
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(FRUITS_NUTS_CLASSES))},
+            image_root=image_root,
+            source_json_file=json_file,
+            evaluator_type="coco",
+        )
+    return names
+
+
+def _split_already_registered(name, json_file, image_root):
+    """True if the split ``name`` is registered from these files; raise if from others."""
+    if name not in DatasetCatalog.list():
+        return False
+    meta = MetadataCatalog.get(name)
+    old = (getattr(meta, "source_json_file", None), getattr(meta, "image_root", None))
+    if old == (json_file, image_root):
+        return True
+    raise ValueError(
+        f"Dataset '{name}' is already registered from {old[0]!r} / {old[1]!r}; cannot register "
+        f"it again from {json_file!r} / {image_root!r}. Pick another name_prefix."
+    )
 
 
 def _coco_metadata():
