@@ -18,7 +18,7 @@ CUDA_CHECK_ARCH ?= 9.0
 
 export VENV PYTHON
 
-.PHONY: help setup test test-fast test-e2e train env cuda-check clean distclean
+.PHONY: help setup test test-fast test-e2e train env cuda-check gpu-check clean distclean
 
 help:
 	@echo "make setup       create/update $(VENV) (tools/setup_env.sh)"
@@ -28,9 +28,10 @@ help:
 	@echo "make train       train $(TRAIN_CONFIG) into $(OUTPUT_DIR)"
 	@echo "make env         python -m adet.env"
 	@echo "make cuda-check  compile the CUDA sources (FORCE_CUDA=1) in a temp dir"
+	@echo "make gpu-check   on a GPU machine: build the CUDA kernels, GPU tests, latency (tools/gpu_check.sh)"
 	@echo "make clean       build outputs, adet/_C*.so, caches (keeps $(VENV))"
 	@echo "make distclean   clean, and remove $(VENV)"
-	@echo "variables: VENV PYTHON TORCH_SPEC TRAIN_CONFIG OUTPUT_DIR TRAIN_ARGS TESTS PYTEST_ARGS CUDA_CHECK_ARCH"
+	@echo "variables: VENV PYTHON TORCH_SPEC TRAIN_CONFIG OUTPUT_DIR TRAIN_ARGS TESTS PYTEST_ARGS CUDA_CHECK_ARCH GPU_CHECK_ARGS"
 
 setup:
 	@bash tools/setup_env.sh "$(VENV)"
@@ -65,6 +66,12 @@ cuda-check: setup
 	  assert m.compiled_with_cuda(), 'not built with CUDA'; \
 	  print('cuda-check: ok, ops:', m.op_backends())" "$$tmp/lib" && \
 	echo "cuda-check: $$(( $$(date +%s) - start ))s"
+
+# On a GPU machine: CUDA build in place, the kernel tests on the GPU, the blender and
+# per-method latency against Mask R-CNN; under 8 minutes. GPU_CHECK_ARGS=--dry-run checks
+# the plan anywhere. It sets up its own Python (see tools/gpu_check.sh): no `setup` here.
+gpu-check:
+	@bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build .pytest_cache adet.egg-info

@@ -320,6 +320,23 @@ def test_compiled_kernel_equals_torchvision(modulated):
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("modulated", [False, True])
+def test_cuda_kernel_equals_torchvision_on_gpu_and_cpu(modulated):
+    assert "cuda" in deform_conv_module._compiled_backends(), "adet._C was built without CUDA (FORCE_CUDA=1)"
+    torch.manual_seed(6)
+    x, weight, bias = torch.randn(2, 8, 13, 11), torch.randn(12, 4, 3, 3), torch.randn(12)
+    offset = torch.rand(2, 36, 7, 6) * 6 - 3
+    mask = torch.rand(2, 18, 7, 6) if modulated else None
+    on_gpu = [t.cuda() if t is not None else None for t in (x, offset, weight, bias, mask)]
+    with torch.no_grad():
+        ours = deform_conv2d(*on_gpu[:4], 2, 1, 1, on_gpu[4])  # no grad: the compiled kernel
+    expected_gpu = torchvision_deform(*on_gpu[:4], 2, 1, 1, on_gpu[4])
+    torch.testing.assert_close(ours, expected_gpu, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.cpu(), torchvision_deform(x, offset, weight, bias, 2, 1, 1, mask),
+                               atol=1e-4, rtol=1e-4)
+
+
 def torchvision_deform(x, offset, weight, bias, stride, padding, dilation, mask):
     from torchvision.ops import deform_conv2d as tv
 

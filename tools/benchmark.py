@@ -13,6 +13,15 @@ Not a test: timings depend on the machine.
 
     python tools/benchmark.py --config-file configs/FCOS-Detection/R_50_1x.yaml
     python tools/benchmark.py --config-file ... --device cuda --size 800 --runs 50
+
+--blender measures only BlendMask's blender instead: the fused op (adet/layers/blender_op.py)
+against the plain PyTorch path, forward and forward + backward, on synthetic bases and
+boxes at the paper's sizes (one 800 x 1333 image, bases at 1/4, 100 instances, the
+BLENDMASK settings of --config-file or of adet's defaults: K=4, R=56, attentions 14 x 14):
+median time and peak memory allocated during the call (CPU: from the profiler's memory
+events; CUDA: torch.cuda.max_memory_allocated).
+
+    python tools/benchmark.py --blender --threads 1
 """
 import argparse
 import json
@@ -38,7 +47,7 @@ BASELINE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="adet config to measure")
+    p.add_argument("--config-file", default=None, help="adet config to measure (required without --blender)")
     p.add_argument("--schema", default=None,
                    help="reference schema name for deterministic weights (default: guessed from the config)")
     p.add_argument("--device", default="cpu")
@@ -50,8 +59,16 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the results to this json file")
+    p.add_argument("--blender", action="store_true",
+                   help="time the fused vs the plain BlendMask blender instead of whole models")
+    p.add_argument("--blender-instances", type=int, default=100, help="instances (boxes) for --blender")
+    p.add_argument("--blender-image", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"),
+                   help="input image size for --blender (the bases are at POOLER_SCALES of it)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for the measured model")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.config_file is None and not args.blender:
+        p.error("--config-file is required (or --blender)")
+    return args
 
 
 def load_cfg(path, opts, device, adet_config=True):
@@ -244,10 +261,132 @@ def report(rows):
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+# --------------------------------------------------------------------------- blender
+def blender_inputs(cfg, args, generator):
+    """Synthetic blender inputs at BlendMask's sizes: bases (1, K, H/4, W/4), N boxes of
+    16 to 400 pixels anywhere in the image (pooler format), attentions (N, K, A, A)."""
+    bm, (h, w), n = cfg.MODEL.BLENDMASK, args.blender_image, args.blender_instances
+    k, scale = cfg.MODEL.BASIS_MODULE.NUM_BASES, bm.POOLER_SCALES[0]
+    bases = torch.randn(1, k, round(h * scale), round(w * scale), generator=generator)
+    size = torch.rand(n, 2, generator=generator) * 384 + 16
+    corner = torch.rand(n, 2, generator=generator) * (torch.tensor([w, h]) - size)
+    rois = torch.cat([torch.zeros(n, 1), corner, corner + size], dim=1)
+    attns = torch.randn(n, k, bm.ATTN_SIZE, bm.ATTN_SIZE, generator=generator)
+    return [t.to(args.device) for t in (bases, rois, attns)]
+
+
+def blender_call(cfg, inputs, impl, backward):
+    """A closure that runs the blender once (and its backward, for `backward`)."""
+    from adet.layers import blender_op
+
+    bm = cfg.MODEL.BLENDMASK
+    bases, rois, attns = inputs
+    kwargs = dict(resolution=bm.BOTTOM_RESOLUTION, spatial_scale=bm.POOLER_SCALES[0],
+                  sampling_ratio=bm.POOLER_SAMPLING_RATIO, aligned=bm.POOLER_TYPE == "ROIAlignV2",
+                  interp=bm.TOP_INTERP, impl=impl)
+
+    def run():
+        b, a = bases.detach().requires_grad_(backward), attns.detach().requires_grad_(backward)
+        with torch.set_grad_enabled(backward):
+            out = blender_op.blend(b, rois, a, **kwargs)
+            if backward:
+                out.backward(torch.ones_like(out))
+    return run
+
+
+def median_seconds(fn, warmup, runs, device):
+    times = []
+    for i in range(warmup + runs):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bytes(fn, device):
+    """Peak of the memory allocated during one call of fn, above what was allocated
+    before it (so the inputs do not count; outputs, saved tensors and gradients do)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    # The profiler records every CPU allocation and free with the running total
+    # ("Total Allocated", counted from the start of profiling) in its trace.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.loads(Path(f.name).read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
+    return max(totals, default=0)
+
+
+def measure_blender(cfg, args):
+    """Rows (path, pass, ms, peak MiB) for the plain and the fused blender."""
+    from adet.layers import blender_op
+
+    inputs = blender_inputs(cfg, args, torch.Generator().manual_seed(0))
+    fused_ok = blender_op.fused_available(inputs[0], cfg.MODEL.BLENDMASK.TOP_INTERP)
+    rows = []
+    for backward in (False, True):
+        for impl in ("plain", "fused"):
+            row = {"path": impl, "pass": "forward + backward" if backward else "forward"}
+            if impl == "fused" and not fused_ok:
+                rows.append(dict(row, ms=None, peak_mib=None))
+                continue
+            fn = blender_call(cfg, inputs, impl, backward)
+            row["ms"] = 1000 * median_seconds(fn, args.warmup, args.runs, args.device)
+            row["peak_mib"] = peak_bytes(fn, args.device) / 2 ** 20
+            rows.append(row)
+    return rows
+
+
+def blender_report(rows):
+    """Table of the blender rows, with fused / plain ratios."""
+    plain = {r["pass"]: r for r in rows if r["path"] == "plain"}
+    table = []
+    for r in rows:
+        base = plain[r["pass"]]
+        if r["ms"] is None:
+            table.append([r["path"], r["pass"], "n/a (no compiled kernel)", "", "", ""])
+            continue
+        table.append([r["path"], r["pass"], f"{r['ms']:.2f}", f"{r['ms'] / base['ms']:.2f}",
+                      f"{r['peak_mib']:.1f}", f"{r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}"])
+    headers = ["blender", "pass", "ms", "ratio", "peak MiB", "ratio"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def main_blender(args):
+    cfg = load_cfg(args.config_file, args.opts, args.device) if args.config_file else get_cfg()
+    bm = cfg.MODEL.BLENDMASK
+    print(f"[benchmark] blender: {args.blender_instances} instances, image {tuple(args.blender_image)}, "
+          f"K={cfg.MODEL.BASIS_MODULE.NUM_BASES}, R={bm.BOTTOM_RESOLUTION}, attn={bm.ATTN_SIZE}, "
+          f"sampling_ratio={bm.POOLER_SAMPLING_RATIO}, {bm.POOLER_TYPE}", flush=True)
+    rows = measure_blender(cfg, args)
+    print(f"\ndevice={args.device} threads={torch.get_num_threads()} runs={args.runs}")
+    print(blender_report(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "blender": rows}, indent=2))
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.blender:
+        return main_blender(args)
     ours = load_cfg(args.config_file, args.opts, args.device)
     baseline = load_cfg(BASELINE, [], args.device, adet_config=False)
     schema = args.schema or guess_schema(args.config_file)
