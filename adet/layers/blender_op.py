@@ -64,6 +64,15 @@ def fused_available(bases: torch.Tensor, interp: str = "bilinear") -> bool:
     )
 
 
+def _check_batch_indices(rois: torch.Tensor, batch: int) -> None:
+    """Refuse ROIs of images outside the batch before the CPU kernel would read there
+    (cheap on the CPU; the CUDA kernel, to stay sync-free, gives such ROIs zeros). The
+    kernel checks again, but a C++ exception is a poorer message, and one GPU image's
+    build of the extension crashed on it instead of raising."""
+    if len(rois) and not (0 <= rois[:, 0].min() and rois[:, 0].max() < batch):
+        raise RuntimeError(f"blender: a ROI's batch index is outside [0, {batch})")
+
+
 class _FusedBlend(Function):
     """Autograd wrapper of the compiled kernels; saves only the inputs (the backward
     recomputes the crops and weights instead of storing them)."""
@@ -110,5 +119,7 @@ def blend(bases: torch.Tensor, rois: torch.Tensor, attns: torch.Tensor, resoluti
                            f"with interp={interp!r} ({FORCE_PLAIN_ENV}={os.environ.get(FORCE_PLAIN_ENV)!r})")
     if not fused:
         return blend_plain(bases, rois, attns, resolution, spatial_scale, sampling_ratio, aligned, interp)
+    if not bases.is_cuda:
+        _check_batch_indices(rois, len(bases))
     return _FusedBlend.apply(bases, rois.to(bases.dtype), attns.to(bases.dtype), resolution,
                              spatial_scale, sampling_ratio, aligned)
