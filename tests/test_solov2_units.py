@@ -166,7 +166,7 @@ def test_polygon_ground_truth_equals_bitmask():
 
 
 def test_masks_to_boxes_matches_detectron2():
-    from adet.modeling.solov2.inference import masks_to_boxes
+    from adet.layers import masks_to_boxes
 
     masks = torch.zeros(3, 10, 12, dtype=torch.bool)
     masks[0, 2:5, 3:9] = True

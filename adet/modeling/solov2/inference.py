@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from detectron2.structures import Boxes, Instances
 
-from adet.layers import mask_nms, matrix_nms
+from adet.layers import mask_nms, masks_to_boxes, matrix_nms
 
 NMS_TYPES = ("matrix", "mask")
 
@@ -125,25 +125,6 @@ def inference_single_image(cate_scores: torch.Tensor, cell_probs: CellProbs, cel
     # The reference emits zero boxes; boxes from the masks let box AP and the Visualizer work.
     result.pred_boxes = masks_to_boxes(masks)
     return result
-
-
-def masks_to_boxes(masks: torch.Tensor) -> Boxes:
-    """XYXY boxes enclosing (N, H, W) bool masks (x1, y1 exclusive, as Detectron2's
-    BitMasks.get_bounding_boxes); empty masks get zero boxes. No loop over masks."""
-    n, h, w = masks.shape
-    boxes = torch.zeros(n, 4, dtype=torch.float32, device=masks.device)
-    if n == 0:
-        return Boxes(boxes)
-    x_any, y_any = masks.any(dim=1), masks.any(dim=2)
-    xs = torch.arange(w, device=masks.device)
-    ys = torch.arange(h, device=masks.device)
-    nonempty = x_any.any(dim=1)
-    boxes[:, 0] = torch.where(x_any, xs, w).min(dim=1).values.float()
-    boxes[:, 1] = torch.where(y_any, ys, h).min(dim=1).values.float()
-    boxes[:, 2] = torch.where(x_any, xs, -1).max(dim=1).values.float() + 1
-    boxes[:, 3] = torch.where(y_any, ys, -1).max(dim=1).values.float() + 1
-    boxes[~nonempty] = 0
-    return Boxes(boxes)
 
 
 def cell_strides(num_grids: Sequence[int], strides: Sequence[int], device) -> torch.Tensor:

@@ -11,6 +11,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
 
+from adet.layers import masks_to_boxes
+
 from ..one_stage_detector import normalize_and_pad
 from .criterion import build_sparse_inst_criterion
 from .decoder import build_sparse_inst_decoder
@@ -120,6 +122,6 @@ class SparseInst(nn.Module):
             result.pred_masks = masks > self.mask_threshold
             result.scores = score
             result.pred_classes = cls
-            result.pred_boxes = BitMasks(result.pred_masks).get_bounding_boxes()
+            result.pred_boxes = masks_to_boxes(result.pred_masks)
             results.append(result)
         return results
