@@ -9,7 +9,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 
 from adet.config import get_cfg
-from adet.modeling.backbone.dla import DLA, DLA_SPECS, build_dla_backbone, convert_dla_imagenet_state_dict
+from adet.checkpoint import convert_state_dict
+from adet.modeling.backbone.dla import DLA, DLA_SPECS, build_dla_backbone
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "FCOS-Detection" / "FCOS_RT"
 DLA_YAMLS = sorted(CONFIGS.glob("MS_DLA_34_4x_syncbn*.yaml"))
@@ -76,7 +77,7 @@ def test_imagenet_checkpoint_keys_map():
     # predates) plus the 1x1-conv classifier
     ckpt = {k: v for k, v in dla34().state_dict().items() if not k.endswith("num_batches_tracked")}
     ckpt.update({"fc.weight": torch.zeros(1000, 512, 1, 1), "fc.bias": torch.zeros(1000)})
-    converted = convert_dla_imagenet_state_dict(ckpt)
+    converted = convert_state_dict(ckpt)  # the checkpointer's conversion table
     assert "backbone.bottom_up.level3.tree1.tree1.conv1.weight" in converted
     model = build_model(load(DLA_YAMLS[0]))
     result = model.load_state_dict(converted, strict=False)

@@ -3,9 +3,9 @@
 Module and parameter names follow the original DLA implementation (``base_layer.0``,
 ``level0``..``level5``, ``tree1``/``tree2``, ``root.conv``/``root.bn``, ``project.0/1``),
 so its ImageNet checkpoints load once ``backbone.bottom_up.`` is prefixed and the
-classifier (``fc.*``) dropped; see `convert_dla_imagenet_state_dict`. adet's checkpointer
-does the same by itself when ``MODEL.WEIGHTS`` is such a file (as the DLA configs' is,
-``dla34-ba72cf86.pth``): see ``RENAMES`` in `adet.checkpoint.convert`.
+classifier (``fc.*``) dropped. adet's checkpointer does that by itself when
+``MODEL.WEIGHTS`` is such a file (as the DLA configs' is, ``dla34-ba72cf86.pth``): see
+``RENAMES`` in `adet.checkpoint.convert`, the one conversion table.
 
 Structure of a tree (``levels`` deep, ``in_ch`` -> ``out_ch``, ``stride``):
   * ``downsample``: max-pool by ``stride`` (only if stride > 1);
@@ -40,7 +40,6 @@ __all__ = [
     "Tree",
     "build_dla_backbone",
     "build_fcos_dla_fpn_backbone",
-    "convert_dla_imagenet_state_dict",
 ]
 
 # name -> (levels per stage 0..5, channels per stage 0..5, residual root)
@@ -245,11 +244,3 @@ def build_fcos_dla_fpn_backbone(cfg, input_shape: ShapeSpec):
     """DLA body + FPN on MODEL.FPN.IN_FEATURES (e.g. level3..level5) plus
     MODEL.FCOS.TOP_LEVELS extra levels from P5 (FCOS-RT uses none)."""
     return fcos_fpn(cfg, build_dla_backbone(cfg, input_shape))
-
-
-def convert_dla_imagenet_state_dict(state_dict: Dict[str, torch.Tensor],
-                                    prefix: str = "backbone.bottom_up.") -> Dict[str, torch.Tensor]:
-    """An original DLA ImageNet checkpoint (``base_layer.0.weight``, ..., ``fc.*``) as a
-    state dict of a detector built by `build_fcos_dla_fpn_backbone`: classifier dropped,
-    ``prefix`` added (use ``prefix=""`` for a bare `DLA`)."""
-    return {prefix + k: v for k, v in state_dict.items() if not k.startswith("fc.")}
