@@ -381,3 +381,35 @@ def test_benchmark_splits_sparseinst_inference_into_stages():
     table = benchmark.stage_report([row])
     assert "| tiny" in table and f"{100 * row['postprocess_share']:.1f}%" in table
     assert benchmark.time_inference_stages(torch.nn.Identity(), inputs, 0, 1, "cpu") is None
+
+
+# Instance context encoder: optional normalisation (ENCODER.NORM) --------------------------
+
+def _encoder(norm):
+    from detectron2.layers import ShapeSpec
+    from adet.modeling.sparseinst.encoder import InstanceContextEncoder
+
+    shapes = {"res3": ShapeSpec(channels=8, stride=8), "res4": ShapeSpec(channels=16, stride=16),
+              "res5": ShapeSpec(channels=32, stride=32)}
+    torch.manual_seed(0)
+    return InstanceContextEncoder(in_features=["res3", "res4", "res5"],
+                                  in_channels=[s.channels for s in shapes.values()], num_channels=32, norm=norm)
+
+
+def test_encoder_without_norm_keeps_the_reference_parameter_names():
+    keys = set(_encoder("").state_dict())
+    assert "fpn_laterals.0.weight" in keys and "fpn_laterals.0.bias" in keys
+    assert not any(".norm." in k for k in keys)
+
+
+def test_encoder_norm_tames_unactivated_backbone_features():
+    # Stage outputs with std ~7 (EfficientNet-Lite's): without a norm the encoder's output
+    # keeps that scale; with GN each lateral/output conv is normalised.
+    features = {"res3": 7 * torch.randn(2, 8, 16, 16), "res4": 7 * torch.randn(2, 16, 8, 8),
+                "res5": 7 * torch.randn(2, 32, 4, 4)}
+    plain, normed = _encoder(""), _encoder("GN")
+    assert any(".norm." in k for k in normed.state_dict())
+    out_plain, out_normed = plain(features), normed(features)
+    assert out_normed.shape == out_plain.shape == (2, 32, 16, 16)
+    assert out_plain.std() > 3 * out_normed.std()
+    assert out_normed.std() < 3

@@ -121,17 +121,24 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+def timed_runs(fn, warmup, runs, device, sample=lambda start, end: end - start):
+    """Call ``fn(i)`` for i in range(warmup + runs), synchronising the device around each
+    call; ``sample(start, end)`` (perf_counter seconds) of each call after the warm-up."""
+    samples = []
+    for i in range(warmup + runs):
+        synchronize(device)
+        start = time.perf_counter()
+        fn(i)
+        synchronize(device)
+        if i >= warmup:
+            samples.append(sample(start, time.perf_counter()))
+    return samples
+
+
 def time_inference(model, inputs, warmup, runs, device):
     model.eval()
-    times = []
     with torch.no_grad():
-        for i in range(warmup + runs):
-            synchronize(device)
-            start = time.perf_counter()
-            model([inputs[i % len(inputs)]])
-            synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        times = timed_runs(lambda i: model([inputs[i % len(inputs)]]), warmup, runs, device)
     return statistics.median(times)
 
 
@@ -201,16 +208,10 @@ def time_inference_stages(model, inputs, warmup, runs, device):
         return None
     marks, handles = _stage_marks(model, names, device)
     model.eval()
-    samples = []
     try:
         with torch.no_grad():
-            for i in range(warmup + runs):
-                synchronize(device)
-                start = time.perf_counter()
-                model([inputs[i % len(inputs)]])
-                synchronize(device)
-                if i >= warmup:
-                    samples.append(_split(marks, names, start, time.perf_counter()))
+            samples = timed_runs(lambda i: model([inputs[i % len(inputs)]]), warmup, runs, device,
+                                 sample=lambda start, end: _split(marks, names, start, end))
     finally:
         for handle in handles:
             handle.remove()
@@ -295,15 +296,7 @@ def blender_call(cfg, inputs, impl, backward):
 
 
 def median_seconds(fn, warmup, runs, device):
-    times = []
-    for i in range(warmup + runs):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed_runs(lambda i: fn(), warmup, runs, device))
 
 
 def peak_bytes(fn, device):

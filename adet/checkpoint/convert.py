@@ -17,6 +17,9 @@ file and a model's state dict is therefore only:
   use the reference names, which adet keeps, so the table holds only the conversion of
   the original DLA ImageNet checkpoint (``dla34-ba72cf86.pth``, what the FCOS-RT and
   BlendMask-RT DLA configs start from).
+* **ResNet-vd names** (``RESNET_VD_NAMES``): SparseInst's ResNet-vd and its ImageNet
+  weights use torchvision-style names; adet's ResNet-vd is Detectron2's ResNet. The
+  backbone renames with this table when a state dict is loaded into it.
 * **class-dependent layers** (``CLASS_DEPENDENT``): the layers whose first dimension is
   the number of classes. Fine-tuning a checkpoint on a data set with another number of
   classes keeps the freshly built model's initialisation for these, and only these.
@@ -27,7 +30,7 @@ from typing import Collection, Dict, Iterable, List, Mapping, NamedTuple, Option
 import torch
 
 __all__ = [
-    "TRAINING_STATE", "PREFIXES", "RENAMES", "CLASS_DEPENDENT", "Rename", "ShapeMismatch",
+    "TRAINING_STATE", "PREFIXES", "RENAMES", "CLASS_DEPENDENT", "RESNET_VD_NAMES", "Rename", "ShapeMismatch",
     "convert_state_dict", "convert_checkpoint", "is_class_dependent", "shape_mismatches",
 ]
 
@@ -81,6 +84,28 @@ CLASS_DEPENDENT: Tuple[Tuple[str, str], ...] = (
     ("roi_heads.box_predictor.bbox_pred.", "R-CNN class-specific box regression"),
     ("roi_heads.mask_head.predictor.", "R-CNN class-specific masks"),
 )
+
+
+# SparseInst's ResNet-vd (timm / torchvision names with a sequential stem) <-> adet's
+# Detectron2-named ResNet-vd (adet.modeling.backbone.resnet_vd renames in both directions
+# with it). (our name, reference name) patterns, in the backbone's own namespace. Stem: our
+# conv1.{0,1,2} (each with .norm) are the reference's conv1.{0,3,6} with norms conv1.1,
+# conv1.4 and bn1; stages: resN is layer(N-1), convK.norm is bnK, shortcut is downsample.1
+# (after the pool, downsample.0, which holds nothing) with its norm downsample.2.
+RESNET_VD_NAMES: Tuple[Tuple[str, str], ...] = (
+    (r"stem\.conv1\.0\.weight", "conv1.0.weight"),
+    (r"stem\.conv1\.0\.norm\.(\w+)", r"conv1.1.\1"),
+    (r"stem\.conv1\.1\.weight", "conv1.3.weight"),
+    (r"stem\.conv1\.1\.norm\.(\w+)", r"conv1.4.\1"),
+    (r"stem\.conv1\.2\.weight", "conv1.6.weight"),
+    (r"stem\.conv1\.2\.norm\.(\w+)", r"bn1.\1"),
+    (r"res(\d)\.(\d+)\.conv(\d)\.weight", r"layer<\1>.\2.conv\3.weight"),
+    (r"res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)", r"layer<\1>.\2.bn\3.\4"),
+    (r"res(\d)\.(\d+)\.conv2_offset\.(\w+)", r"layer<\1>.\2.conv2_offset.\3"),
+    (r"res(\d)\.(\d+)\.shortcut\.weight", r"layer<\1>.\2.downsample.1.weight"),
+    (r"res(\d)\.(\d+)\.shortcut\.norm\.(\w+)", r"layer<\1>.\2.downsample.2.\3"),
+)
+
 
 
 def _strip_prefixes(key: str, prefixes: Sequence[str]) -> str:

@@ -21,7 +21,8 @@ ImageNet weights its configs start from (timm's ``resnet50d_ra2-464e36ba.pth``) 
 torchvision's names with a sequential stem: ``conv1.0`` / ``conv1.1`` (norm) / ``conv1.3``
 / ``conv1.4`` / ``conv1.6``, ``bn1``, ``layer1.0.conv1`` / ``bn1``, ``layer1.0.downsample.1``
 (conv) / ``.2`` (norm); the deformable blocks' offset conv is ``conv2_offset`` in both.
-:data:`REFERENCE_NAMES` is the one table between the two; the backbone renames
+:data:`REFERENCE_NAMES` (``adet.checkpoint.convert.RESNET_VD_NAMES``, with the other
+checkpoint conversions) is the one table between the two; the backbone renames
 reference-named keys when a state dict is loaded into it, so checkpoints in either naming
 load with no missing or unexpected keys. :func:`to_reference_names` goes the other way
 and :func:`convert_reference_state_dict` turns a bare ImageNet file (no ``backbone.``
@@ -37,6 +38,8 @@ from torch.nn import functional as F
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicStem, ResNet, build_resnet_backbone
+
+from adet.checkpoint.convert import RESNET_VD_NAMES as REFERENCE_NAMES
 
 from .resnet_deform import build_resnet_deform_backbone
 
@@ -93,25 +96,6 @@ def use_avg_down_shortcuts(resnet: ResNet, norm: str) -> None:
         for block in stage:
             if getattr(block, "shortcut", None) is not None and block.stride > 1:
                 block.shortcut = AvgDownConv2d(block.in_channels, block.out_channels, block.stride, norm)
-
-
-# (our name, reference name) patterns, in the backbone's own namespace. Stem: our
-# conv1.{0,1,2} (each with .norm) are the reference's conv1.{0,3,6} with norms conv1.1,
-# conv1.4 and bn1; stages: resN is layer(N-1), convK.norm is bnK, shortcut is downsample.1
-# (after the pool, downsample.0, which holds nothing) with its norm downsample.2.
-REFERENCE_NAMES = (
-    (r"stem\.conv1\.0\.weight", "conv1.0.weight"),
-    (r"stem\.conv1\.0\.norm\.(\w+)", r"conv1.1.\1"),
-    (r"stem\.conv1\.1\.weight", "conv1.3.weight"),
-    (r"stem\.conv1\.1\.norm\.(\w+)", r"conv1.4.\1"),
-    (r"stem\.conv1\.2\.weight", "conv1.6.weight"),
-    (r"stem\.conv1\.2\.norm\.(\w+)", r"bn1.\1"),
-    (r"res(\d)\.(\d+)\.conv(\d)\.weight", r"layer<\1>.\2.conv\3.weight"),
-    (r"res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)", r"layer<\1>.\2.bn\3.\4"),
-    (r"res(\d)\.(\d+)\.conv2_offset\.(\w+)", r"layer<\1>.\2.conv2_offset.\3"),
-    (r"res(\d)\.(\d+)\.shortcut\.weight", r"layer<\1>.\2.downsample.1.weight"),
-    (r"res(\d)\.(\d+)\.shortcut\.norm\.(\w+)", r"layer<\1>.\2.downsample.2.\3"),
-)
 
 
 def _reference_name(name: str) -> str:

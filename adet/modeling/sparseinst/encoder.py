@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 import fvcore.nn.weight_init as weight_init
 
@@ -36,16 +36,26 @@ class PyramidPoolingModule(nn.Module):
 @SPARSE_INST_ENCODER_REGISTRY.register()
 class InstanceContextEncoder(nn.Module):
     """Top-down FPN (PPM after the coarsest lateral) whose three outputs are upsampled to
-    the finest level and fused by a 1x1 conv."""
+    the finest level and fused by a 1x1 conv.
+
+    ``norm`` (ENCODER.NORM; "" in every reference config, which leaves the reference's
+    parameter names) adds a normalisation after the lateral and output convs. Backbones
+    whose stage outputs are not activations (EfficientNet-Lite: std ~7 at res3) need it:
+    without it the first mask logits are in the hundreds and training does not recover.
+    """
 
     @configurable
-    def __init__(self, *, in_features: List[str], in_channels: List[int], num_channels: int = 256):
+    def __init__(self, *, in_features: List[str], in_channels: List[int], num_channels: int = 256,
+                 norm: str = ""):
         super().__init__()
         self.in_features = list(in_features)
         # Index 0 is the coarsest level (res5), as in the reference's state_dict.
-        self.fpn_laterals = nn.ModuleList(Conv2d(c, num_channels, 1) for c in reversed(in_channels))
+        self.fpn_laterals = nn.ModuleList(
+            Conv2d(c, num_channels, 1, bias=not norm, norm=get_norm(norm, num_channels))
+            for c in reversed(in_channels))
         self.fpn_outputs = nn.ModuleList(
-            Conv2d(num_channels, num_channels, 3, padding=1) for _ in in_channels)
+            Conv2d(num_channels, num_channels, 3, padding=1, bias=not norm, norm=get_norm(norm, num_channels))
+            for _ in in_channels)
         for conv in [*self.fpn_laterals, *self.fpn_outputs]:
             weight_init.c2_xavier_fill(conv)
         self.ppm = PyramidPoolingModule(num_channels, num_channels // 4)
@@ -59,6 +69,7 @@ class InstanceContextEncoder(nn.Module):
             "in_features": in_features,
             "in_channels": [input_shape[f].channels for f in in_features],
             "num_channels": cfg.MODEL.SPARSE_INST.ENCODER.NUM_CHANNELS,
+            "norm": cfg.MODEL.SPARSE_INST.ENCODER.NORM,
         }
 
     def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
