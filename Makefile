@@ -7,8 +7,8 @@
 VENV         ?= .venv
 PYTHON       ?= python3
 PY           := $(VENV)/bin/python
-TRAIN_CONFIG ?= configs/Synthetic/default.yaml
-# output/<config folder>_<config name>, e.g. output/Synthetic_default
+TRAIN_CONFIG ?= configs/Synthetic/condinst.yaml
+# output/<config folder>_<config name>, e.g. output/Synthetic_condinst
 OUTPUT_DIR   ?= output/$(notdir $(patsubst %/,%,$(dir $(TRAIN_CONFIG))))_$(basename $(notdir $(TRAIN_CONFIG)))
 TRAIN_ARGS   ?=
 PYTEST_ARGS  ?=
