@@ -26,20 +26,27 @@ __device__ inline T attn_logit(const T* attn_n, const Dims& d, int64_t k, int64_
   return blender::read(attn_n + k * d.attn * d.attn, d.attn, ty, tx);
 }
 
+// Calls visit(ty, tx) with the bilinear taps of each ROIAlign sample of bin (ph, pw):
+// the forward reads through them, the backward scatters through the same ones.
+template <typename T, typename Visit>
+__device__ inline void for_each_sample(const Dims& d, const RoiGeometry<T>& g, int64_t ph,
+                                       int64_t pw, Visit visit) {
+  for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+    const Tap<T> ty =
+        blender::roi_tap(blender::sample_position(g.y0, g.bin_h, ph, iy, g.grid_h), d.height);
+    for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+      visit(ty, blender::roi_tap(blender::sample_position(g.x0, g.bin_w, pw, ix, g.grid_w), d.width));
+    }
+  }
+}
+
 // Mean of the ROIAlign samples of bin (ph, pw) on one base plane.
 template <typename T>
 __device__ inline T crop_value(const T* plane, const Dims& d, const RoiGeometry<T>& g, int64_t ph,
                                int64_t pw) {
   T sum = 0;
-  for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-    const Tap<T> ty =
-        blender::roi_tap(blender::sample_position(g.y0, g.bin_h, ph, iy, g.grid_h), d.height);
-    for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-      const Tap<T> tx =
-          blender::roi_tap(blender::sample_position(g.x0, g.bin_w, pw, ix, g.grid_w), d.width);
-      sum += blender::read(plane, d.width, ty, tx);
-    }
-  }
+  for_each_sample(d, g, ph, pw,
+                  [&](const Tap<T>& ty, const Tap<T>& tx) { sum += blender::read(plane, d.width, ty, tx); });
   return sum * g.inv_count;
 }
 
@@ -117,15 +124,8 @@ __global__ void backward_kernel(const T* grad, const T* bases, const T* rois, co
       // d out / d bases: the weight s, spread back through ROIAlign's bilinear samples.
       T* plane = grad_bases + (g.batch * d.bases + k) * base_plane;
       const T c = gout * s * g.inv_count;
-      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-        const Tap<T> ty =
-            blender::roi_tap(blender::sample_position(g.y0, g.bin_h, ph, iy, g.grid_h), d.height);
-        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-          const Tap<T> tx =
-              blender::roi_tap(blender::sample_position(g.x0, g.bin_w, pw, ix, g.grid_w), d.width);
-          atomic_scatter(plane, d.width, ty, tx, c);
-        }
-      }
+      for_each_sample(d, g, ph, pw,
+                      [&](const Tap<T>& ty, const Tap<T>& tx) { atomic_scatter(plane, d.width, ty, tx, c); });
     }
   }
 }
