@@ -107,7 +107,6 @@ RESNET_VD_NAMES: Tuple[Tuple[str, str], ...] = (
 )
 
 
-
 def _strip_prefixes(key: str, prefixes: Sequence[str]) -> str:
     for prefix in prefixes:
         if key.startswith(prefix):
