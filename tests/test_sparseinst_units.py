@@ -386,14 +386,11 @@ def test_benchmark_splits_sparseinst_inference_into_stages():
 # Instance context encoder: optional normalisation (ENCODER.NORM) --------------------------
 
 def _encoder(norm):
-    from detectron2.layers import ShapeSpec
     from adet.modeling.sparseinst.encoder import InstanceContextEncoder
 
-    shapes = {"res3": ShapeSpec(channels=8, stride=8), "res4": ShapeSpec(channels=16, stride=16),
-              "res5": ShapeSpec(channels=32, stride=32)}
     torch.manual_seed(0)
-    return InstanceContextEncoder(in_features=["res3", "res4", "res5"],
-                                  in_channels=[s.channels for s in shapes.values()], num_channels=32, norm=norm)
+    return InstanceContextEncoder(in_features=["res3", "res4", "res5"], in_channels=[8, 16, 32],
+                                  num_channels=32, norm=norm)
 
 
 def test_encoder_without_norm_keeps_the_reference_parameter_names():
