@@ -12,7 +12,7 @@ from adet.layers import matrix_nms
 from adet.modeling.solov2.inference import cell_strides, inference_single_image
 from adet.modeling.solov2.targets import image_targets
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
 GRIDS = [40, 36, 24, 16, 12]
 RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
@@ -40,6 +40,25 @@ def test_targets_center_region():
     assert (t.cate_labels == 7).sum() == 9 and (t.cate_labels == 80).sum() == 40 * 40 - 9
     assert t.positive.sum() == 9 and t.masks.shape == (9, 64, 64)
     assert t.masks[0, 16:32, 16:32].all() and t.masks[0].sum() == 16 * 16
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_polygon_masks_give_the_bitmask_targets_on_the_boxes_device(device):
+    """INPUT.MASK_FORMAT "polygon": the masks are rasterised on the CPU; the targets must
+    equal the bitmask ones and live on the boxes' device (a GPU's in training)."""
+    boxes = [[64, 64, 128, 128], [10, 20, 50, 44]]
+    bitmask = _instances((256, 256), boxes, [7, 3]).to(device)
+    polygon = _instances((256, 256), boxes, [7, 3])
+    polygon.gt_masks = PolygonMasks([[[x0, y0, x1, y0, x1, y1, x0, y1]] for x0, y0, x1, y1 in boxes])
+    polygon = polygon.to(device)
+    targets = [image_targets(i, [(64, 64)] * 5, [4] * 5, 80, RANGES, GRIDS, 0.2) for i in (bitmask, polygon)]
+    for a, b in zip(*targets):
+        for name in ("cate_labels", "grid_order", "positive", "masks"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert y.device.type == device and torch.equal(x, y), name
 
 
 def _greedy_mask_nms(masks, labels, thr):

@@ -49,10 +49,12 @@ def _grid_index(coord: torch.Tensor, extent: int, num_grid: int) -> torch.Tensor
 
 
 def _bitmasks(instances: Instances) -> torch.Tensor:
+    """The instances' masks as an (N, H, W) tensor on the device of their boxes."""
     masks = instances.gt_masks
     if isinstance(masks, PolygonMasks):  # INPUT.MASK_FORMAT "polygon": rasterise at the image size
+        # Rasterised on the CPU whatever the device: move them to the boxes' (the GPU's).
         masks = BitMasks.from_polygon_masks(masks, *instances.image_size)
-    return masks.tensor
+    return masks.tensor.to(instances.gt_boxes.device)
 
 
 def _center_regions(boxes: torch.Tensor, masks: torch.Tensor, sigma: float, padded_size: Tuple[int, int],
