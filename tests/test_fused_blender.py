@@ -276,4 +276,5 @@ def test_gpu_check_dry_run_selects_the_cuda_cases():
     cuda_cases = [line for line in dry.stdout.splitlines() if "::" in line and "cuda" in line]
     assert any("test_fused_blender.py" in c for c in cuda_cases)
     assert any("test_deform_conv.py" in c for c in cuda_cases)
+    assert "tests/test_solov2_units.py" in dry.stdout  # collected: it has a case when CUDA is present
     assert dry.stdout.count("arguments ok") == 5 and "tools/benchmark.py --blender --device cuda" in dry.stdout

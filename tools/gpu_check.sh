@@ -52,7 +52,8 @@ BUDGET=${GPU_CHECK_BUDGET:-470}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 RUNS=${GPU_CHECK_RUNS:-20}
 BUNDLE="$ROOT/.gpu_check"
-KERNEL_TESTS_LIST="tests/test_fused_blender.py tests/test_deform_conv.py"
+# The kernels' tests, and those with a GPU case for code that moves tensors between devices.
+KERNEL_TESTS_LIST="tests/test_fused_blender.py tests/test_deform_conv.py tests/test_solov2_units.py"
 # Methods at their papers' test sizes: config | schema | short side | long side cap.
 MODELS=(
     "configs/FCOS-Detection/R_50_1x.yaml|fcos_R_50_1x|800|1333"
