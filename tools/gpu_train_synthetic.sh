@@ -15,7 +15,7 @@
 # so nothing is generated or downloaded there.
 #
 # Environment: PY (default .venv/bin/python where it imports detectron2, else python3),
-# DEVICE (cuda; "cpu" with ITER_SCALE=0.01 rehearses the script here), ITER_SCALE
+# DEVICE (cuda; "cpu" with ITER_SCALE=0.05 rehearses the script here), ITER_SCALE
 # (default 4), TRAIN_BUDGET (seconds of training per run, default 360), EVAL_BUDGET
 # (seconds for evaluating a stopped run, default 90), METHODS (default: the six mask
 # methods), WORK (the runs' folder, default /tmp/gpu_train_synthetic).
