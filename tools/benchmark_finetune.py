@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training benchmark: each mask method on fruits_nuts (real photos) or the synthetic set.
+r"""Training benchmark: each mask method on fruits_nuts (real photos) or the synthetic set.
 
 Every selected method is trained from EfficientNet-Lite0's ImageNet weights with its
 config of the chosen data set (``--dataset``): ``fruits_nuts`` (default; 14 train photos,
