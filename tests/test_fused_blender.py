@@ -277,4 +277,5 @@ def test_gpu_check_dry_run_selects_the_cuda_cases():
     assert any("test_fused_blender.py" in c for c in cuda_cases)
     assert any("test_deform_conv.py" in c for c in cuda_cases)
     assert "tests/test_solov2_units.py" in dry.stdout  # collected: it has a case when CUDA is present
-    assert dry.stdout.count("arguments ok") == 5 and "tools/benchmark.py --blender --device cuda" in dry.stdout
+    assert dry.stdout.count("arguments ok") == 7 and "tools/benchmark.py --blender --device cuda" in dry.stdout
+    assert dry.stdout.count("--profile-train") == 2  # the two training profiles (PROFILES)

@@ -9,10 +9,15 @@ so that post-processing sees a realistic number of candidates. Prints a table wi
 ratios (ours / baseline: below 1 is faster) and, for the meta-architectures in STAGES
 (SparseInst, Mask R-CNN), the median time of each inference stage with post-processing's
 share of the total (measured in separate runs, by forward hooks on the stage modules).
+--profile-train adds one profiled training iteration per model: its wall time against
+the time the device is busy (on a GPU; much less means the host is the bottleneck), its
+counts of aten ops, kernels and host-device synchronisations, and the ops with the most
+host and device time.
 Not a test: timings depend on the machine.
 
     python tools/benchmark.py --config-file configs/FCOS-Detection/R_50_1x.yaml
     python tools/benchmark.py --config-file ... --device cuda --size 800 --runs 50
+    python tools/benchmark.py --config-file configs/SOLOv2/R50_3x.yaml --device cuda --profile-train
 
 --blender measures only BlendMask's blender instead: the fused op (adet/layers/blender_op.py)
 against the plain PyTorch path, forward and forward + backward, on synthetic bases and
@@ -57,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=10, help="timed inference runs (one image each)")
     p.add_argument("--train-iters", type=int, default=5, help="timed training iterations (0: skip)")
     p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
+    p.add_argument("--profile-train", action="store_true",
+                   help="also profile one training iteration of each model (torch.profiler): wall vs device-busy "
+                        "time, op / kernel / sync counts, the ops with the most host and device time")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the results to this json file")
     p.add_argument("--blender", action="store_true",
@@ -142,24 +150,93 @@ def time_inference(model, inputs, warmup, runs, device):
     return statistics.median(times)
 
 
+def _training_batch(inputs, i, batch_size):
+    return [inputs[(i * batch_size + j) % len(inputs)] for j in range(batch_size)]
+
+
+def _training_step(model, batch, optimizer, storage):
+    """One iteration as Detectron2's trainer runs it: forward with losses, backward, step."""
+    with storage:
+        losses = model(batch)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
 def time_training(model, inputs, iters, batch_size, device):
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
-    times = []
     storage = EventStorage(0)  # Detectron2's heads log to it during training
-    for i in range(iters + 1):  # the first iteration is a warm-up
-        batch = [inputs[(i * batch_size + j) % len(inputs)] for j in range(batch_size)]
-        synchronize(device)
-        start = time.perf_counter()
-        with storage:
-            losses = model(batch)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-        synchronize(device)
-        if i > 0:
-            times.append(time.perf_counter() - start)
+    # The first iteration is a warm-up.
+    times = timed_runs(lambda i: _training_step(model, _training_batch(inputs, i, batch_size), optimizer, storage),
+                       1, iters, device)
     return statistics.median(times)
+
+
+# Ops that make the host wait for the device: reading a value back (item, tolist, a mask's
+# nonzero count), and explicit synchronisations.
+SYNC_EVENTS = ("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+def _self_device_us(event):
+    # torch renamed self_cuda_time_total to self_device_time_total (2.4).
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+
+
+def profile_training(model, inputs, batch_size, device, top=12):
+    """One profiled training iteration (after a warm-up one): where its time goes.
+
+    On a GPU a step is bound by the host when the device is busy for much less than the
+    wall time: then the count of ops (each a kernel launch) and of synchronisations, and
+    the ops with the most host time, point at the cause."""
+    from torch.profiler import ProfilerActivity, profile
+    on_gpu = device.startswith("cuda")
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+    storage = EventStorage(0)
+    _training_step(model, _training_batch(inputs, 0, batch_size), optimizer, storage)
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        _training_step(model, _training_batch(inputs, 1, batch_size), optimizer, storage)
+        synchronize(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    host_ops = [e for e in events if e.key.startswith("aten::")]
+    kernels = [e for e in events if _self_device_us(e) > 0]
+
+    def ranked(items, us):
+        return [[e.key[:70], e.count, round(us(e) / 1000, 2)] for e in sorted(items, key=us, reverse=True)[:top]]
+
+    return {
+        "wall_ms": 1000 * wall,
+        "device_busy_ms": sum(_self_device_us(e) for e in kernels) / 1000 if on_gpu else None,
+        "aten_ops": sum(e.count for e in host_ops),
+        "kernels": sum(e.count for e in kernels) if on_gpu else None,
+        "syncs": sum(e.count for e in events if e.key in SYNC_EVENTS),
+        "top_host": ranked(host_ops, lambda e: e.self_cpu_time_total),
+        "top_device": ranked(kernels, _self_device_us) if on_gpu else [],
+    }
+
+
+def profile_report(rows):
+    """Text of each row's training profile (rows without one are left out)."""
+    lines = []
+    for r in rows:
+        p = r.get("train_profile")
+        if p is None:
+            continue
+        busy = "n/a (CPU)" if p["device_busy_ms"] is None else f"{p['device_busy_ms']:.1f} ms"
+        lines.append(f"{r['model']}: one training iteration {p['wall_ms']:.1f} ms, device busy {busy}, "
+                     f"{p['aten_ops']} aten ops, {p['kernels'] if p['kernels'] is not None else 'n/a'} kernels, "
+                     f"{p['syncs']} host-device syncs")
+        for title, ops in (("self host time", p["top_host"]), ("self device time", p["top_device"])):
+            if ops:
+                lines.append(tabulate(ops, headers=[f"op (by {title})", "calls", "ms"], tablefmt="github",
+                                      disable_numparse=True))
+        lines.append("")
+    return "\n".join(lines)
 
 
 # Sub-modules whose forward passes split one inference into stages, by meta-architecture.
@@ -246,6 +323,10 @@ def measure(name, cfg, schema_name, args):
         print(f"[benchmark] {name}: training x{args.train_iters} ...", flush=True)
         row["train_s_per_iter"] = time_training(model, batches(cfg, args.size, args.max_size, True),
                                                 args.train_iters, args.batch_size, args.device)
+    if args.profile_train:
+        print(f"[benchmark] {name}: profiling a training iteration ...", flush=True)
+        row["train_profile"] = profile_training(model, batches(cfg, args.size, args.max_size, True),
+                                                args.batch_size, args.device)
     return row
 
 
@@ -390,6 +471,9 @@ def main(argv=None):
     print(report(rows))
     print("\ninference stages (median ms; post-process share = post-process / total)")
     print(stage_report(rows))
+    if args.profile_train:
+        print("\ntraining iteration profiles")
+        print(profile_report(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return rows

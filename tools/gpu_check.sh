@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check: build adet's CUDA kernels, run the kernel tests on the GPU, time the fused
 # blender and each method's inference against Detectron2's Mask R-CNN R50-FPN at the
-# papers' input sizes. One script, under 8 minutes, every step with its own timeout,
-# a summary at the end.
+# papers' input sizes, and profile a training iteration of SOLOv2 and CondInst against it
+# (PROFILES below). One script, under 8 minutes, every step with its own timeout, a
+# summary at the end.
 #
 #   tools/gpu_check.sh              on the GPU machine (from the repository root)
 #   tools/gpu_check.sh --dry-run    anywhere: print the plan, check its CPU-side parts
@@ -61,6 +62,13 @@ MODELS=(
     "configs/CondInst/MS_R_50_1x.yaml|condinst_MS_R_50_1x|800|1333"
     "configs/SOLOv2/R50_3x.yaml|solov2_R50_3x|800|1333"
     "configs/SparseInst/sparse_inst_r50_giam.yaml|sparseinst_r50_giam|608|864"
+)
+# Training steps profiled against Mask R-CNN at the synthetic recipes' regime (short side
+# 160, batch 16), where the SOLO family trained about 5 times slower per iteration than
+# CondInst on a GPU: config | schema | short side | long side cap | batch.
+PROFILES=(
+    "configs/SOLOv2/R50_3x.yaml|solov2_R50_3x|160|256|16"
+    "configs/CondInst/MS_R_50_1x.yaml|condinst_MS_R_50_1x|160|256|16"
 )
 # Packages the GPU image lacks: pure Python (copied from the venv) and compiled (wheels).
 PURE_PACKAGES=(detectron2 fvcore iopath yacs omegaconf hydra antlr4 termcolor)
@@ -192,6 +200,15 @@ step_model() {  # CONFIG|SCHEMA|SIZE|MAX_SIZE
         --json "$OUT_DIR/bench_$name.json"
 }
 
+step_profile() {  # CONFIG|SCHEMA|SIZE|MAX_SIZE|BATCH
+    local config schema size max_size batch name
+    IFS='|' read -r config schema size max_size batch <<<"$1"
+    name=$(basename "$(dirname "$config")")_$(basename "$config" .yaml)
+    x "$PY" -W ignore tools/benchmark.py --config-file "$config" --schema "$schema" --device "$DEVICE" \
+        --size "$size" --max-size "$max_size" --warmup 1 --runs 3 --train-iters 5 --batch-size "$batch" \
+        --profile-train --json "$OUT_DIR/profile_$name.json"
+}
+
 START=$SECONDS
 FAILURES=0
 declare -a SUMMARY=()
@@ -231,8 +248,18 @@ write_summary() {
     "$PY" -W ignore - "$OUT_DIR" <<'PYSUM' || true
 import glob, json, os, sys
 out = sys.argv[1]
-merged, blender, models = {}, [], []
-for path in sorted(glob.glob(os.path.join(out, "blender.json")) + glob.glob(os.path.join(out, "bench_*.json"))):
+merged, blender, models, profiles = {}, [], [], []
+
+
+def profile_line(row):
+    p = row["train_profile"]
+    busy = "-" if p["device_busy_ms"] is None else f"{p['device_busy_ms']:.0f}"
+    return (f"{row['train_s_per_iter']:.3f} s/iter, profiled iteration {p['wall_ms']:.0f} ms "
+            f"(device busy {busy}), {p['aten_ops']} ops, {p['syncs']} syncs")
+
+
+paths = ["blender.json", "bench_*.json", "profile_*.json"]
+for path in sorted(p for pattern in paths for p in glob.glob(os.path.join(out, pattern))):
     data = json.load(open(path))
     merged[os.path.basename(path)[:-5]] = data
     os.remove(path)
@@ -242,6 +269,12 @@ for path in sorted(glob.glob(os.path.join(out, "blender.json")) + glob.glob(os.p
         for r in data["blender"]:
             ms = "n/a" if r["ms"] is None else f"{r['ms']:.3f} ms, peak {r['peak_mib']:.1f} MiB"
             blender.append(f"  {r['path']:6s} {r['pass']:19s} {ms}")
+    elif os.path.basename(path).startswith("profile_"):
+        a, ours, base = data["args"], data["rows"][0], data["rows"][-1]
+        label = os.path.basename(path)[len("profile_"):-len(".json")]
+        profiles.append(f"  {label} at {a['size']}/{a['max_size']}, batch {a['batch_size']} ({device}), "
+                        f"training ratio {ours['train_s_per_iter'] / base['train_s_per_iter']:.2f}:\n"
+                        f"    ours:       {profile_line(ours)}\n    Mask R-CNN: {profile_line(base)}")
     else:
         a, ours, base = data["args"], data["rows"][0], data["rows"][-1]
         label = os.path.basename(path)[len("bench_"):-len(".json")]  # <config folder>_<config>
@@ -250,9 +283,11 @@ for path in sorted(glob.glob(os.path.join(out, "blender.json")) + glob.glob(os.p
                       f"   ({ours['weights']}, {device})")
 if models:
     models.insert(0, "inference latency (median ms per image, one image per call), ours vs Mask R-CNN R50-FPN:")
+if profiles:
+    profiles.insert(0, "training (median s/iter) and one profiled iteration (top ops: gpu_check.log):")
 if merged:
     json.dump(merged, open(os.path.join(out, "bench.json"), "w"), indent=2)
-    print("", *blender, "", *models, sep="\n")
+    print("", *blender, "", *models, "", *profiles, sep="\n")
 PYSUM
 }
 
@@ -281,6 +316,11 @@ run_all() {
         run_step "latency $(basename "$(dirname "$config")")/$(basename "$config" .yaml) vs Mask R-CNN" \
             90 step_model "$m"
     done
+    for m in "${PROFILES[@]}"; do
+        config=${m%%|*}
+        run_step "training profile $(basename "$(dirname "$config")")/$(basename "$config" .yaml) vs Mask R-CNN" \
+            120 step_profile "$m"
+    done
     print_summary
     log "$FAILURES step(s) not ok"
     [ "$FAILURES" -eq 0 ]
@@ -294,11 +334,12 @@ dry_run() {
     local m cases
     for step in step_build step_tests step_blender; do log "$step:"; DRY=1 $step; done
     for m in "${MODELS[@]}"; do log "step_model:"; DRY=1 step_model "$m"; done
+    for m in "${PROFILES[@]}"; do log "step_profile:"; DRY=1 step_profile "$m"; done
     # shellcheck disable=SC2086
     cases=$("$PY" -W ignore -m pytest -q --collect-only -p no:cacheprovider $KERNEL_TESTS_LIST 2>/dev/null | grep '::')
     log "kernel tests: $(echo "$cases" | grep -c '::') collected, $(echo "$cases" | grep -c cuda) of them CUDA cases:"
     echo "$cases" | grep cuda | sed 's/^/    /'
-    "$PY" -W ignore - "${MODELS[@]}" <<'PYCHECK'
+    "$PY" -W ignore - "${MODELS[@]}" "${PROFILES[@]}" <<'PYCHECK'
 import importlib.util, sys
 from pathlib import Path
 spec = importlib.util.spec_from_file_location("benchmark", "tools/benchmark.py")
@@ -306,9 +347,10 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 bench.parse_args(["--blender", "--device", "cuda", "--runs", "50"])
 for model in sys.argv[1:]:
-    config, schema, size, max_size = model.split("|")
+    config, schema, size, max_size, *batch = model.split("|")
     args = bench.parse_args(["--config-file", config, "--schema", schema, "--device", "cuda",
-                             "--size", size, "--max-size", max_size, "--train-iters", "0"])
+                             "--size", size, "--max-size", max_size, "--train-iters", "5" if batch else "0"]
+                            + (["--batch-size", batch[0], "--profile-train"] if batch else []))
     assert Path(args.config_file).is_file(), config
     schema_file = bench.shared_data_root().parent / "reference" / "schemas" / f"{schema}.json"
     print(f"[gpu_check]   {config}: arguments ok, deterministic weights "
@@ -320,7 +362,7 @@ main_run() {
     choose_python
     OUT_DIR=${OUT:-$ROOT/output/gpu_check}
     export PY OUT_DIR RUNS ROOT KERNEL_TESTS_LIST DEVICE
-    export -f x log step_environment step_build step_tests step_blender step_model
+    export -f x log step_environment step_build step_tests step_blender step_model step_profile
     if [ "$1" = 1 ]; then
         dry_run
         return
