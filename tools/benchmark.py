@@ -11,8 +11,8 @@ ratios (ours / baseline: below 1 is faster) and, for the meta-architectures in S
 share of the total (measured in separate runs, by forward hooks on the stage modules).
 --profile-train adds one profiled training iteration per model: its wall time against
 the time the device is busy (on a GPU; much less means the host is the bottleneck), its
-counts of aten ops, kernels and host-device synchronisations, and the ops with the most
-host and device time.
+counts of aten ops, and on a GPU of kernels and of the host's waits for it, and the ops
+with the most host and device time.
 Not a test: timings depend on the machine.
 
     python tools/benchmark.py --config-file configs/FCOS-Detection/R_50_1x.yaml
@@ -150,73 +150,64 @@ def time_inference(model, inputs, warmup, runs, device):
     return statistics.median(times)
 
 
-def _training_batch(inputs, i, batch_size):
-    return [inputs[(i * batch_size + j) % len(inputs)] for j in range(batch_size)]
-
-
-def _training_step(model, batch, optimizer, storage):
-    """One iteration as Detectron2's trainer runs it: forward with losses, backward, step."""
-    with storage:
-        losses = model(batch)
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    optimizer.step()
-
-
-def time_training(model, inputs, iters, batch_size, device):
+def training_steps(model, inputs, batch_size):
+    """``step(i)``: training iteration i as Detectron2's trainer runs it (forward with
+    losses, backward, SGD step) on images i * batch_size ... of ``inputs``."""
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
     storage = EventStorage(0)  # Detectron2's heads log to it during training
-    # The first iteration is a warm-up.
-    times = timed_runs(lambda i: _training_step(model, _training_batch(inputs, i, batch_size), optimizer, storage),
-                       1, iters, device)
-    return statistics.median(times)
+
+    def step(i):
+        batch = [inputs[(i * batch_size + j) % len(inputs)] for j in range(batch_size)]
+        with storage:
+            losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    return step
 
 
-# Ops that make the host wait for the device: reading a value back (item, tolist, a mask's
-# nonzero count), and explicit synchronisations.
-SYNC_EVENTS = ("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+# The host's waits for the GPU (each read of a device value, e.g. item, tolist, nonzero,
+# waits for the stream).
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
-def _self_device_us(event):
-    # torch renamed self_cuda_time_total to self_device_time_total (2.4).
-    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
-
-
-def profile_training(model, inputs, batch_size, device, top=12):
-    """One profiled training iteration (after a warm-up one): where its time goes.
+def profile_training(step, device, top=12):
+    """One profiled training iteration ``step(1)`` (after ``step(0)``): where its time goes.
 
     On a GPU a step is bound by the host when the device is busy for much less than the
-    wall time: then the count of ops (each a kernel launch) and of synchronisations, and
-    the ops with the most host time, point at the cause."""
+    wall time: then the count of ops (each launches kernels) and of the host's waits, and
+    the ops with the most host time, point at the cause. On the CPU there is no device
+    time and no waits (None)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     on_gpu = device.startswith("cuda")
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
-    storage = EventStorage(0)
-    _training_step(model, _training_batch(inputs, 0, batch_size), optimizer, storage)
+    step(0)
     synchronize(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         start = time.perf_counter()
-        _training_step(model, _training_batch(inputs, 1, batch_size), optimizer, storage)
+        step(1)
         synchronize(device)
         wall = time.perf_counter() - start
     events = prof.key_averages()
     host_ops = [e for e in events if e.key.startswith("aten::")]
-    kernels = [e for e in events if _self_device_us(e) > 0]
+    # Kernels, copies and memsets; an aten op's device time is that of the kernels it launched.
+    device_work = [e for e in events if e.device_type != DeviceType.CPU]
+
+    def device_us(e):  # torch renamed self_cuda_time_total to self_device_time_total (2.4)
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
 
     def ranked(items, us):
         return [[e.key[:70], e.count, round(us(e) / 1000, 2)] for e in sorted(items, key=us, reverse=True)[:top]]
 
     return {
         "wall_ms": 1000 * wall,
-        "device_busy_ms": sum(_self_device_us(e) for e in kernels) / 1000 if on_gpu else None,
+        "device_busy_ms": sum(device_us(e) for e in device_work) / 1000 if on_gpu else None,
         "aten_ops": sum(e.count for e in host_ops),
-        "kernels": sum(e.count for e in kernels) if on_gpu else None,
-        "syncs": sum(e.count for e in events if e.key in SYNC_EVENTS),
+        "kernels": sum(e.count for e in device_work) if on_gpu else None,
+        "syncs": sum(e.count for e in events if e.key in SYNC_EVENTS) if on_gpu else None,
         "top_host": ranked(host_ops, lambda e: e.self_cpu_time_total),
-        "top_device": ranked(kernels, _self_device_us) if on_gpu else [],
+        "top_device": ranked(device_work, device_us) if on_gpu else [],
     }
 
 
@@ -227,10 +218,11 @@ def profile_report(rows):
         p = r.get("train_profile")
         if p is None:
             continue
-        busy = "n/a (CPU)" if p["device_busy_ms"] is None else f"{p['device_busy_ms']:.1f} ms"
-        lines.append(f"{r['model']}: one training iteration {p['wall_ms']:.1f} ms, device busy {busy}, "
-                     f"{p['aten_ops']} aten ops, {p['kernels'] if p['kernels'] is not None else 'n/a'} kernels, "
-                     f"{p['syncs']} host-device syncs")
+        if p["device_busy_ms"] is None:
+            device = "no device (CPU)"
+        else:
+            device = f"device busy {p['device_busy_ms']:.1f} ms, {p['kernels']} kernels, {p['syncs']} host waits"
+        lines.append(f"{r['model']}: one training iteration {p['wall_ms']:.1f} ms, {p['aten_ops']} aten ops, {device}")
         for title, ops in (("self host time", p["top_host"]), ("self device time", p["top_device"])):
             if ops:
                 lines.append(tabulate(ops, headers=[f"op (by {title})", "calls", "ms"], tablefmt="github",
@@ -319,14 +311,15 @@ def measure(name, cfg, schema_name, args):
     if stages is not None:  # separate runs: the hooks' synchronisations would slow infer_ms
         row["stages_ms"] = stages
         row["postprocess_share"] = stages["postprocess"] / stages["total"]
+    if args.train_iters > 0 or args.profile_train:
+        step = training_steps(model, batches(cfg, args.size, args.max_size, True), args.batch_size)
     if args.train_iters > 0:
         print(f"[benchmark] {name}: training x{args.train_iters} ...", flush=True)
-        row["train_s_per_iter"] = time_training(model, batches(cfg, args.size, args.max_size, True),
-                                                args.train_iters, args.batch_size, args.device)
+        # The first iteration is a warm-up.
+        row["train_s_per_iter"] = statistics.median(timed_runs(step, 1, args.train_iters, args.device))
     if args.profile_train:
         print(f"[benchmark] {name}: profiling a training iteration ...", flush=True)
-        row["train_profile"] = profile_training(model, batches(cfg, args.size, args.max_size, True),
-                                                args.batch_size, args.device)
+        row["train_profile"] = profile_training(step, args.device)
     return row
 
 

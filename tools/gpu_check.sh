@@ -253,9 +253,10 @@ merged, blender, models, profiles = {}, [], [], []
 
 def profile_line(row):
     p = row["train_profile"]
-    busy = "-" if p["device_busy_ms"] is None else f"{p['device_busy_ms']:.0f}"
-    return (f"{row['train_s_per_iter']:.3f} s/iter, profiled iteration {p['wall_ms']:.0f} ms "
-            f"(device busy {busy}), {p['aten_ops']} ops, {p['syncs']} syncs")
+    device = "no device" if p["device_busy_ms"] is None else \
+        f"device busy {p['device_busy_ms']:.0f} ms, {p['kernels']} kernels, {p['syncs']} host waits"
+    return (f"{row['train_s_per_iter']:.3f} s/iter, profiled iteration {p['wall_ms']:.0f} ms: "
+            f"{p['aten_ops']} aten ops, {device}")
 
 
 paths = ["blender.json", "bench_*.json", "profile_*.json"]
