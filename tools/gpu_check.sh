@@ -191,22 +191,17 @@ step_blender() {
         --json "$OUT_DIR/blender.json"
 }
 
-step_model() {  # CONFIG|SCHEMA|SIZE|MAX_SIZE
-    local config schema size max_size name
-    IFS='|' read -r config schema size max_size <<<"$1"
-    name=$(basename "$(dirname "$config")")_$(basename "$config" .yaml)
-    x "$PY" -W ignore tools/benchmark.py --config-file "$config" --schema "$schema" --device "$DEVICE" \
-        --size "$size" --max-size "$max_size" --warmup 5 --runs "$RUNS" --train-iters 0 \
-        --json "$OUT_DIR/bench_$name.json"
-}
-
-step_profile() {  # CONFIG|SCHEMA|SIZE|MAX_SIZE|BATCH
+# One benchmark.py run against Mask R-CNN: CONFIG|SCHEMA|SIZE|MAX_SIZE times inference
+# (MODELS); with |BATCH it times and profiles training iterations as well (PROFILES).
+step_model() {
     local config schema size max_size batch name
     IFS='|' read -r config schema size max_size batch <<<"$1"
     name=$(basename "$(dirname "$config")")_$(basename "$config" .yaml)
+    set -- --warmup 5 --runs "$RUNS" --train-iters 0 --json "$OUT_DIR/bench_$name.json"
+    [ -n "$batch" ] && set -- --warmup 1 --runs 3 --train-iters 5 --batch-size "$batch" --profile-train \
+        --json "$OUT_DIR/profile_$name.json"
     x "$PY" -W ignore tools/benchmark.py --config-file "$config" --schema "$schema" --device "$DEVICE" \
-        --size "$size" --max-size "$max_size" --warmup 1 --runs 3 --train-iters 5 --batch-size "$batch" \
-        --profile-train --json "$OUT_DIR/profile_$name.json"
+        --size "$size" --max-size "$max_size" "$@"
 }
 
 START=$SECONDS
@@ -320,7 +315,7 @@ run_all() {
     for m in "${PROFILES[@]}"; do
         config=${m%%|*}
         run_step "training profile $(basename "$(dirname "$config")")/$(basename "$config" .yaml) vs Mask R-CNN" \
-            120 step_profile "$m"
+            120 step_model "$m"
     done
     print_summary
     log "$FAILURES step(s) not ok"
@@ -335,7 +330,7 @@ dry_run() {
     local m cases
     for step in step_build step_tests step_blender; do log "$step:"; DRY=1 $step; done
     for m in "${MODELS[@]}"; do log "step_model:"; DRY=1 step_model "$m"; done
-    for m in "${PROFILES[@]}"; do log "step_profile:"; DRY=1 step_profile "$m"; done
+    for m in "${PROFILES[@]}"; do log "step_model (training profile):"; DRY=1 step_model "$m"; done
     # shellcheck disable=SC2086
     cases=$("$PY" -W ignore -m pytest -q --collect-only -p no:cacheprovider $KERNEL_TESTS_LIST 2>/dev/null | grep '::')
     log "kernel tests: $(echo "$cases" | grep -c '::') collected, $(echo "$cases" | grep -c cuda) of them CUDA cases:"
@@ -363,7 +358,7 @@ main_run() {
     choose_python
     OUT_DIR=${OUT:-$ROOT/output/gpu_check}
     export PY OUT_DIR RUNS ROOT KERNEL_TESTS_LIST DEVICE
-    export -f x log step_environment step_build step_tests step_blender step_model step_profile
+    export -f x log step_environment step_build step_tests step_blender step_model
     if [ "$1" = 1 ]; then
         dry_run
         return
